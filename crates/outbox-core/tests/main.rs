@@ -1,0 +1,3 @@
+//! outbox-core's tests, in one binary.
+
+mod ack;
