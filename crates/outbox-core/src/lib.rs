@@ -1,11 +1,18 @@
 //! # outbox-core: the domain between the replication stream and the sinks
 //!
 //! Place in outboxd: `pg-replication` yields committed outbox rows; this crate
-//! turns them into events and records (routing, headers), and tracks which
+//! turns each into an [`OutboxEvent`] by a [`ColumnMapping`], routes it to a
+//! [`Record`] (topic, key, value, headers) by [`Routing`], and tracks which
 //! positions are safe to acknowledge ([`AckTracker`]). It knows nothing of
-//! Kafka: sinks implement the `Sink` trait.
+//! Kafka or Postgres I/O: sinks implement [`Sink`].
 
 mod ack;
+mod event;
+mod routing;
+mod sink;
 
 pub use ack::{AckError, AckTracker, TxSeq};
+pub use event::{ColumnLookup, ColumnMapping, MappingError, OutboxEvent, Position};
 pub use pgoutput::Lsn;
+pub use routing::{header, Record, Routing, RoutingError, TemplateError, TopicRule};
+pub use sink::{Delivery, DeliveryError, ErrorClass, Sink};

@@ -1,3 +1,4 @@
 //! outbox-core's tests, in one binary.
 
 mod ack;
+mod routing;
