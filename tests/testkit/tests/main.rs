@@ -1,0 +1,3 @@
+//! The harness's own tests, in one binary.
+
+mod cluster;
