@@ -8,6 +8,10 @@
 //! so a normal connection can capture every message kind; one slot per
 //! scenario group keeps the captures apart. Run with
 //! `cargo test -p pgoutput --test main -- --ignored capture_fixtures`.
+//!
+//! A new capture has new commit times (and may have new LSNs, xids, OIDs):
+//! update the expected values in `fixtures.rs` from the new manifest; the
+//! manifest cross-check test points at every value that moved.
 
 use std::fmt::Write as _;
 
@@ -77,9 +81,7 @@ impl Capture {
     async fn save(
         &mut self,
         peeked: &[Peeked],
-        tag: u8,
-        in_stream: bool,
-        nth: usize,
+        (tag, in_stream, nth): (u8, bool, usize),
         name: &str,
         proto: u8,
         sql: &str,
@@ -259,43 +261,43 @@ async fn capture_fixtures() {
     }
     let v1 = c.peek("v1", 1, &[]).await;
     let s = &v1_sql;
-    c.save(&v1, b'B', false, 0, "begin-v1-basic", 1, &s[0]).await;
-    c.save(&v1, b'R', false, 0, "relation-v1-outbox", 1, &s[0]).await;
-    c.save(&v1, b'I', false, 0, "insert-v1-outbox", 1, &s[0]).await;
-    c.save(&v1, b'C', false, 0, "commit-v1-basic", 1, &s[0]).await;
-    c.save(&v1, b'I', false, 1, "insert-v1-nulls", 1, &s[1]).await;
-    c.save(&v1, b'U', false, 0, "update-v1-identity_default", 1, &s[2])
+    c.save(&v1, (b'B', false, 0), "begin-v1-basic", 1, &s[0]).await;
+    c.save(&v1, (b'R', false, 0), "relation-v1-outbox", 1, &s[0])
         .await;
-    c.save(&v1, b'U', false, 1, "update-v1-key_changed", 1, &s[3])
+    c.save(&v1, (b'I', false, 0), "insert-v1-outbox", 1, &s[0]).await;
+    c.save(&v1, (b'C', false, 0), "commit-v1-basic", 1, &s[0]).await;
+    c.save(&v1, (b'I', false, 1), "insert-v1-nulls", 1, &s[1]).await;
+    c.save(&v1, (b'U', false, 0), "update-v1-identity_default", 1, &s[2])
         .await;
-    c.save(&v1, b'D', false, 0, "delete-v1-identity_default", 1, &s[4])
+    c.save(&v1, (b'U', false, 1), "update-v1-key_changed", 1, &s[3])
         .await;
-    c.save(&v1, b'R', false, 1, "relation-v1-identity_full", 1, &s[5])
+    c.save(&v1, (b'D', false, 0), "delete-v1-identity_default", 1, &s[4])
         .await;
-    c.save(&v1, b'U', false, 2, "update-v1-identity_full", 1, &s[5])
+    c.save(&v1, (b'R', false, 1), "relation-v1-identity_full", 1, &s[5])
         .await;
-    c.save(&v1, b'D', false, 1, "delete-v1-identity_full", 1, &s[5])
+    c.save(&v1, (b'U', false, 2), "update-v1-identity_full", 1, &s[5])
         .await;
-    c.save(&v1, b'U', false, 3, "update-v1-unchanged_toast", 1, &s[7])
+    c.save(&v1, (b'D', false, 1), "delete-v1-identity_full", 1, &s[5])
+        .await;
+    c.save(&v1, (b'U', false, 3), "update-v1-unchanged_toast", 1, &s[7])
         .await;
     c.save(
         &v1,
-        b'T',
-        false,
-        0,
+        (b'T', false, 0),
         "truncate-v1-cascade_restart_identity",
         1,
         &s[8],
     )
     .await;
-    c.save(&v1, b'T', false, 1, "truncate-v1-restart_identity", 1, &s[9])
+    c.save(&v1, (b'T', false, 1), "truncate-v1-restart_identity", 1, &s[9])
         .await;
-    c.save(&v1, b'T', false, 2, "truncate-v1-plain", 1, &s[10]).await;
-    c.save(&v1, b'M', false, 0, "message-v1-transactional", 1, &s[11])
+    c.save(&v1, (b'T', false, 2), "truncate-v1-plain", 1, &s[10])
         .await;
-    c.save(&v1, b'M', false, 1, "message-v1-non_transactional", 1, &s[12])
+    c.save(&v1, (b'M', false, 0), "message-v1-transactional", 1, &s[11])
         .await;
-    c.save(&v1, b'Y', false, 0, "type-v1-enum", 1, &s[13]).await;
+    c.save(&v1, (b'M', false, 1), "message-v1-non_transactional", 1, &s[12])
+        .await;
+    c.save(&v1, (b'Y', false, 0), "type-v1-enum", 1, &s[13]).await;
     let typed_relation = v1
         .iter()
         .filter(|p| p.tag() == b'R')
@@ -303,9 +305,7 @@ async fn capture_fixtures() {
         .unwrap();
     c.save(
         &v1,
-        b'R',
-        false,
-        typed_relation,
+        (b'R', false, typed_relation),
         "relation-v1-custom_type",
         1,
         &s[13],
@@ -313,16 +313,14 @@ async fn capture_fixtures() {
     .await;
     c.save(
         &v1,
-        b'O',
-        false,
-        0,
+        (b'O', false, 0),
         "origin-v1-basic",
         1,
         "pg_replication_origin_xact_setup('0/ABCDEF', ...); insert into counter default values",
     )
     .await;
     let v1_binary = c.peek("v1", 1, &[("binary", "true")]).await;
-    c.save(&v1_binary, b'I', false, 0, "insert-v1-binary", 1, &s[0])
+    c.save(&v1_binary, (b'I', false, 0), "insert-v1-binary", 1, &s[0])
         .await;
     c.drop_slot("v1").await;
 
@@ -374,25 +372,21 @@ async fn capture_fixtures() {
     let v2 = c.peek("v2", 2, &[("streaming", "on")]).await;
     c.save(
         &v2,
-        b'S',
-        false,
-        0,
+        (b'S', false, 0),
         "stream_start-v2-first_segment",
         2,
         &committed,
     )
     .await;
-    c.save(&v2, b'R', true, 0, "relation-v2-streamed", 2, &committed)
+    c.save(&v2, (b'R', true, 0), "relation-v2-streamed", 2, &committed)
         .await;
-    c.save(&v2, b'I', true, 0, "insert-v2-streamed", 2, &committed)
+    c.save(&v2, (b'I', true, 0), "insert-v2-streamed", 2, &committed)
         .await;
-    c.save(&v2, b'E', false, 0, "stream_stop-v2-basic", 2, &committed)
+    c.save(&v2, (b'E', false, 0), "stream_stop-v2-basic", 2, &committed)
         .await;
     c.save(
         &v2,
-        b'M',
-        true,
-        0,
+        (b'M', true, 0),
         "message-v2-transactional_streamed",
         2,
         &committed,
@@ -405,15 +399,13 @@ async fn capture_fixtures() {
         .expect("a later segment");
     c.save(
         &v2,
-        b'S',
-        false,
-        later,
+        (b'S', false, later),
         "stream_start-v2-later_segment",
         2,
         &committed,
     )
     .await;
-    c.save(&v2, b'c', false, 0, "stream_commit-v2-basic", 2, &committed)
+    c.save(&v2, (b'c', false, 0), "stream_commit-v2-basic", 2, &committed)
         .await;
     let aborts: Vec<usize> = v2
         .iter()
@@ -433,13 +425,17 @@ async fn capture_fixtures() {
         .position(is_subxact)
         .expect("a subtransaction abort");
     assert!(aborts.len() >= 2);
-    c.save(&v2, b'A', false, top, "stream_abort-v2-transaction", 2, &aborted)
-        .await;
     c.save(
         &v2,
-        b'A',
-        false,
-        sub,
+        (b'A', false, top),
+        "stream_abort-v2-transaction",
+        2,
+        &aborted,
+    )
+    .await;
+    c.save(
+        &v2,
+        (b'A', false, sub),
         "stream_abort-v2-subtransaction",
         2,
         &subxact,
@@ -463,15 +459,19 @@ async fn capture_fixtures() {
         }
     }
     let v3 = c.peek("v3", 3, &[("streaming", "on"), ("two_phase", "on")]).await;
-    c.save(&v3, b'b', false, 0, "begin_prepare-v3-basic", 3, prepared_commit)
-        .await;
-    c.save(&v3, b'P', false, 0, "prepare-v3-basic", 3, prepared_commit)
+    c.save(
+        &v3,
+        (b'b', false, 0),
+        "begin_prepare-v3-basic",
+        3,
+        prepared_commit,
+    )
+    .await;
+    c.save(&v3, (b'P', false, 0), "prepare-v3-basic", 3, prepared_commit)
         .await;
     c.save(
         &v3,
-        b'K',
-        false,
-        0,
+        (b'K', false, 0),
         "commit_prepared-v3-basic",
         3,
         prepared_commit,
@@ -479,16 +479,20 @@ async fn capture_fixtures() {
     .await;
     c.save(
         &v3,
-        b'r',
-        false,
-        0,
+        (b'r', false, 0),
         "rollback_prepared-v3-basic",
         3,
         prepared_rollback,
     )
     .await;
-    c.save(&v3, b'p', false, 0, "stream_prepare-v3-basic", 3, &stream_prepare)
-        .await;
+    c.save(
+        &v3,
+        (b'p', false, 0),
+        "stream_prepare-v3-basic",
+        3,
+        &stream_prepare,
+    )
+    .await;
     c.drop_slot("v3").await;
 
     // ---- the manifest -----------------------------------------------------------------------
