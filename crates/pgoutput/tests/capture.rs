@@ -36,6 +36,24 @@ impl Peeked {
     }
 }
 
+/// The relation OIDs a message names, read from its raw bytes (after the tag
+/// and, inside a streamed block, the xid), for the manifest.
+fn relation_oids(p: &Peeked) -> String {
+    let body = &p.data[if p.in_stream { 5 } else { 1 }..];
+    let int32 = |at: usize| u32::from_be_bytes(body[at..at + 4].try_into().unwrap());
+    let oids: Vec<u32> = match p.tag() {
+        b'R' | b'I' | b'U' | b'D' => vec![int32(0)],
+        // Truncate: relation count, options byte, then the OIDs.
+        b'T' => (0..int32(0) as usize).map(|i| int32(5 + 4 * i)).collect(),
+        _ => Vec::new(),
+    };
+    if oids.is_empty() {
+        "-".to_owned()
+    } else {
+        oids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+    }
+}
+
 struct Capture {
     client: Client,
     manifest: String,
@@ -117,12 +135,13 @@ impl Capture {
         };
         writeln!(
             self.manifest,
-            "| `{file}` | {proto} | {} | {} | {} | {} | {} | `{}` |",
+            "| `{file}` | {proto} | {} | {} | {} | {} | {} | {} | `{}` |",
             if p.in_stream { "yes" } else { "no" },
             p.data.len(),
             p.lsn,
             p.xid,
             commit_ts.unwrap_or_else(|| "-".into()),
+            relation_oids(p),
             sql.split_whitespace()
                 .collect::<Vec<_>>()
                 .join(" ")
@@ -194,6 +213,14 @@ async fn capture_fixtures() {
     }
     let client = cluster.connect().await.unwrap();
     let version: String = client.query_one("select version()", &[]).await.unwrap().get(0);
+    let captured_at: String = client
+        .query_one(
+            "select to_char(now() at time zone 'utc', 'YYYY-MM-DD HH24:MI') || ' UTC'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     let version_num: String = client
         .query_one("show server_version_num", &[])
         .await
@@ -520,7 +547,7 @@ async fn capture_fixtures() {
     .unwrap();
     writeln!(
         readme,
-        "Server: `{version}` (server_version_num {version_num}).\n"
+        "Server: `{version}` (server_version_num {version_num}); captured {captured_at}.\n"
     )
     .unwrap();
     writeln!(
@@ -544,15 +571,28 @@ async fn capture_fixtures() {
     .unwrap();
     writeln!(
         readme,
-        "| file | proto | in stream | bytes | lsn | xid | commit µs | SQL |"
+        "| file | proto | in stream | bytes | lsn | xid | commit µs | relations | SQL |"
     )
     .unwrap();
-    writeln!(readme, "|---|---|---|---|---|---|---|---|").unwrap();
+    writeln!(readme, "|---|---|---|---|---|---|---|---|---|").unwrap();
     readme.push_str(&c.manifest);
+    readme.push_str(TWO_PHASE);
     readme.push_str(HANDMADE);
     std::fs::write(fixture::dir().join("README.md"), readme).unwrap();
     eprintln!("saved {} fixtures: {}", c.saved.len(), c.saved.join(", "));
 }
+
+const TWO_PHASE: &str = "
+## Two-phase messages through the SQL interface
+
+The protocol-3 fixtures come from a slot created two-phase
+(`pg_create_logical_replication_slot('v3', 'pgoutput', false, true)`) and peeked with
+`'proto_version', '3', 'streaming', 'on', 'two_phase', 'on'`. On PostgreSQL 15 the slot's flag is
+what counts: a two-phase slot yields Begin Prepare / Prepare / Commit Prepared even when peeked with
+`proto_version` 1 and no `two_phase` option, and peeking an ordinary slot once with `'two_phase', 'on'`
+(protocol 3 or later; protocol 2 is refused) turns the slot two-phase for good, after which its
+already-committed prepared transactions also decode as Begin Prepare .. Commit Prepared.
+";
 
 const HANDMADE: &str = "
 ## Hand-made fixtures

@@ -1,7 +1,7 @@
-//! Finding the PostgreSQL server binaries.
+//! Finding and running the PostgreSQL programs.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 use crate::HarnessError;
 
@@ -30,15 +30,50 @@ pub(crate) fn bindir() -> Result<PathBuf, HarnessError> {
     versions.sort();
     versions.pop().map(|(_, dir)| dir).ok_or_else(|| {
         HarnessError::new(
-            "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found via `pg_config --bindir` \
-             or under /usr/lib/postgresql/<version>/bin: install them, e.g. `apt-get install postgresql` \
-             (Debian), then run the tests again",
+            "PostgreSQL server binaries (initdb, pg_ctl, postgres, psql) not found via `pg_config --bindir` \
+             or under /usr/lib/postgresql/<version>/bin: install them (Debian/Ubuntu: \
+             `apt-get install postgresql`, or a version such as `postgresql-15`), then run the tests again",
         )
     })
 }
 
 fn has_server(dir: &Path) -> bool {
-    ["initdb", "pg_ctl", "postgres"]
+    ["initdb", "pg_ctl", "postgres", "psql"]
         .iter()
         .all(|b| dir.join(b).is_file())
+}
+
+/// A command for one of the PostgreSQL programs, isolated from the caller's
+/// `PG*` environment (`PGDATA`, `PGPORT`, `PGSSLMODE`, `PGOPTIONS`, … would
+/// otherwise leak into the throwaway cluster) and with messages in English.
+pub(crate) fn command(program: &Path) -> Command {
+    let mut command = Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PG") {
+            command.env_remove(key);
+        }
+    }
+    command.env("LC_ALL", "C");
+    command
+}
+
+/// Runs `command` to completion; `what` names it in errors.
+pub(crate) fn output(command: &mut Command, what: &str) -> Result<Output, HarnessError> {
+    command
+        .output()
+        .map_err(|e| HarnessError::new(format!("could not run {what} ({command:?}): {e}")))
+}
+
+/// Fails unless the program exited with success, quoting what it printed.
+pub(crate) fn check(out: &Output, what: &str) -> Result<(), HarnessError> {
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(HarnessError::new(format!(
+            "{what} failed ({}): {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
 }

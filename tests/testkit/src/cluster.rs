@@ -5,20 +5,26 @@ use std::io::Write as _;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::binaries;
+use crate::binaries::{self, check, output};
 use crate::os_user::ServerUser;
+use crate::process::{process_alive, process_mentions};
 use crate::HarnessError;
 
 /// How to stop the server (`pg_ctl -m`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopMode {
-    /// Disconnect clients, checkpoint, stop.
+    /// Disconnect clients, checkpoint, stop. Each walsender first sends
+    /// all WAL up to the shutdown checkpoint and waits until its client
+    /// reports it flushed (or written, if the client reports no flush
+    /// position): a connected replication client that does not confirm the
+    /// end of the WAL makes this slow, up to failing at `pg_ctl`'s 60 s
+    /// timeout.
     Fast,
     /// Stop at once, without a checkpoint: the next start runs crash recovery.
     Immediate,
@@ -42,6 +48,16 @@ pub enum PasswordAuth {
     ScramSha256,
 }
 
+impl PasswordAuth {
+    /// The `password_encryption` value, which is also the `pg_hba.conf` method.
+    fn method(self) -> &'static str {
+        match self {
+            PasswordAuth::Md5 => "md5",
+            PasswordAuth::ScramSha256 => "scram-sha-256",
+        }
+    }
+}
+
 /// Settings for a cluster before it starts.
 #[derive(Debug, Clone, Default)]
 pub struct PgClusterBuilder {
@@ -61,7 +77,9 @@ impl PgClusterBuilder {
         self.setting("wal_level", level)
     }
 
-    /// Serves TLS with this certificate chain and key (PEM).
+    /// Serves TLS (`ssl = on`) with this certificate chain and private key,
+    /// both PEM; they are written to `server.crt` and `server.key` (mode 0600,
+    /// owned by the server's OS user) in the data directory.
     pub fn ssl(mut self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
         self.ssl = Some((cert_pem.into(), key_pem.into()));
         self
@@ -80,7 +98,7 @@ impl PgClusterBuilder {
 pub struct PgCluster {
     bindir: PathBuf,
     user: ServerUser,
-    // Dropped last: the directory goes after the server has stopped.
+    // Dropped after `Drop::drop` has stopped the server.
     dir: TempDir,
     data: PathBuf,
     port: Mutex<u16>,
@@ -96,6 +114,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("full_page_writes", "off"),
     ("shared_buffers", "32MB"),
     ("max_connections", "50"),
+    ("logging_collector", "off"),
     ("log_min_messages", "warning"),
 ];
 
@@ -105,6 +124,19 @@ local replication all trust
 host all all 127.0.0.1/32 trust
 host replication all 127.0.0.1/32 trust
 ";
+
+/// What the server log says when another process holds our port.
+const PORT_TAKEN: &str = "Address already in use";
+
+/// How many times to pick another port when the one we probed was taken.
+const PORT_ATTEMPTS: u32 = 6;
+
+/// How long `pg_ctl` may wait for a start or stop.
+const PG_CTL_TIMEOUT_SECS: &str = "60";
+
+/// How long to wait for a started server to answer over TCP, or for a
+/// configuration reload to take effect.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl PgCluster {
     /// A cluster with the defaults.
@@ -120,7 +152,8 @@ impl PgCluster {
     fn create(builder: PgClusterBuilder) -> Result<Self, HarnessError> {
         let bindir = binaries::bindir()?;
         let user = ServerUser::detect()?;
-        // Short path: Unix socket paths are limited to ~107 bytes.
+        // Directly under /tmp whatever TMPDIR says: Unix socket paths are
+        // limited to ~107 bytes.
         let dir = tempfile::Builder::new()
             .prefix("outboxd-pg-")
             .tempdir_in("/tmp")?;
@@ -128,25 +161,20 @@ impl PgCluster {
         user.own(dir.path())?;
         let data = dir.path().join("data");
 
-        let out = user
-            .command(&bindir.join("initdb"))
-            .current_dir(dir.path())
-            .args(["-D"])
-            .arg(&data)
-            .args([
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-            ])
-            .output()?;
-        check(&out, "initdb")?;
+        let mut initdb = user.command(&bindir.join("initdb"));
+        initdb.current_dir(dir.path()).arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]);
+        check(&output(&mut initdb, "initdb")?, "initdb")?;
 
         let mut conf = String::from("\n# outboxd test harness\ninclude_if_exists 'harness.conf'\n");
-        conf.push_str(&format!("unix_socket_directories = '{}'\n", dir.path().display()));
+        writeln!(conf, "unix_socket_directories = '{}'", dir.path().display()).ok();
         for (name, value) in DEFAULTS {
             writeln!(conf, "{name} = {value}").ok();
         }
@@ -157,6 +185,7 @@ impl PgCluster {
             for (file, pem) in [("server.crt", cert), ("server.key", key)] {
                 let path = data.join(file);
                 std::fs::write(&path, pem)?;
+                // The server refuses a key readable by others.
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
                 user.own(&path)?;
             }
@@ -175,18 +204,23 @@ impl PgCluster {
             data,
             port: Mutex::new(0),
         };
-        // Another test may take the port between our probe and the server's bind: retry.
-        let mut last = None;
-        for _ in 0..5 {
+        // Another test may take the port between our probe and the server's
+        // bind: then, and only then, try again with another port.
+        let mut attempt = 1;
+        loop {
             cluster.set_port(free_port()?)?;
+            let log_start = cluster.log_len();
             match cluster.start_again() {
                 Ok(()) => return Ok(cluster),
-                Err(err) => last = Some(err),
+                Err(_) if attempt < PORT_ATTEMPTS && cluster.log_since(log_start).contains(PORT_TAKEN) => {
+                    attempt += 1;
+                }
+                Err(err) => return Err(err),
             }
         }
-        Err(last.unwrap_or_else(|| HarnessError::new("cluster did not start")))
     }
 
+    /// The port lives in its own included file so that a retry can change it.
     fn set_port(&self, port: u16) -> Result<(), HarnessError> {
         *self.port.lock().unwrap_or_else(|e| e.into_inner()) = port;
         let path = self.data.join("harness.conf");
@@ -230,13 +264,19 @@ impl PgCluster {
         config
     }
 
-    /// A superuser connection to `postgres`; its connection task runs on the current runtime.
+    /// A superuser connection to `postgres`; its connection task is spawned
+    /// on the current tokio runtime.
     pub async fn connect(&self) -> Result<tokio_postgres::Client, HarnessError> {
         let (client, connection) = self
             .config("postgres", "postgres")
             .connect(tokio_postgres::NoTls)
             .await
-            .map_err(|e| HarnessError::new(format!("connecting to the test cluster: {e}")))?;
+            .map_err(|e| {
+                HarnessError::new(format!(
+                    "connecting to the test cluster on port {}: {e}",
+                    self.port()
+                ))
+            })?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -244,29 +284,19 @@ impl PgCluster {
     }
 
     /// Runs SQL through `psql` as the superuser, statement by statement (not
-    /// in one transaction); returns the unaligned, tuples-only output.
+    /// in one transaction), stopping at the first error; returns the
+    /// unaligned, tuples-only output. The error carries psql's message.
     pub fn psql(&self, sql: &str) -> Result<String, HarnessError> {
-        let mut child = Command::new(self.bindir.join("psql"))
-            .args([
-                "-X",
-                "-A",
-                "-t",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-            ])
+        let mut child = binaries::command(&self.bindir.join("psql"))
+            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"])
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
             .args(["-p", &self.port().to_string(), "-f", "-"])
-            .env("LC_ALL", "C")
+            .env("PGCONNECT_TIMEOUT", "10")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .spawn()?;
+            .spawn()
+            .map_err(|e| HarnessError::new(format!("could not run psql: {e}")))?;
         if let Some(mut stdin) = child.stdin.take() {
             stdin.write_all(sql.as_bytes())?;
         }
@@ -280,76 +310,101 @@ impl PgCluster {
         Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
     }
 
-    /// `ALTER SYSTEM SET` and reload. Settings that need a restart
-    /// (`wal_level`, `max_*`) take effect after [`PgCluster::restart`].
+    /// `ALTER SYSTEM SET name = 'value'`, then reloads and waits until new
+    /// sessions see the reloaded configuration. Settings that only the
+    /// postmaster reads (`wal_level`, `max_wal_senders`, `max_*`,
+    /// `shared_buffers`, `track_commit_timestamp`, …) take effect only after
+    /// [`PgCluster::restart`].
     pub fn set_parameter(&self, name: &str, value: &str) -> Result<(), HarnessError> {
         self.psql(&format!(
-            "alter system set {name} = '{}';\nselect pg_reload_conf();",
+            "alter system set {name} = '{}'",
             value.replace('\'', "''")
         ))?;
-        settle_reload();
-        Ok(())
+        self.reload()
     }
 
-    /// Stops the server.
+    /// `pg_reload_conf()` only signals the postmaster: wait until a new
+    /// session sees a newer `pg_conf_load_time()`, so the next connection
+    /// uses the new settings and `pg_hba.conf`.
+    fn reload(&self) -> Result<(), HarnessError> {
+        let before = self.psql("select pg_conf_load_time()")?;
+        self.psql("select pg_reload_conf()")?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while Instant::now() < deadline {
+            if self.psql("select pg_conf_load_time()")? != before {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(HarnessError::new(format!(
+            "the server did not reload its configuration within {READY_TIMEOUT:?}\nserver log:\n{}",
+            self.log_tail()
+        )))
+    }
+
     /// Stops the server and waits until the postmaster process is gone
     /// (`pg_ctl -w` returns once `postmaster.pid` is removed, a moment earlier).
     pub fn stop(&self, mode: StopMode) -> Result<(), HarnessError> {
         let pid = self.postmaster_pid();
-        let out = self
-            .pg_ctl()
-            .args(["-m", mode.as_arg(), "-w", "-t", "60", "stop"])
-            .output()?;
-        check(&out, "pg_ctl stop")?;
-        if let Some(pid) = pid {
-            for _ in 0..200 {
-                if !process_alive(pid) {
-                    return Ok(());
-                }
-                std::thread::sleep(Duration::from_millis(25));
-            }
-            return Err(HarnessError::new(format!(
+        let mut pg_ctl = self.pg_ctl();
+        pg_ctl.args(["-m", mode.as_arg(), "-w", "-t", PG_CTL_TIMEOUT_SECS, "stop"]);
+        check(&output(&mut pg_ctl, "pg_ctl stop")?, "pg_ctl stop")?;
+        match pid {
+            Some(pid) if !self.wait_gone(pid) => Err(HarnessError::new(format!(
                 "postmaster {pid} still running 5 s after pg_ctl stop"
-            )));
+            ))),
+            _ => Ok(()),
         }
-        Ok(())
+    }
+
+    fn wait_gone(&self, pid: u32) -> bool {
+        for _ in 0..200 {
+            if !process_alive(pid) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        false
     }
 
     /// Starts the stopped server again, same port and directory, and waits
-    /// until it accepts connections.
+    /// until it accepts connections over TCP.
     pub fn start_again(&self) -> Result<(), HarnessError> {
-        let log = self.dir.path().join("server.log");
-        let out = self
-            .pg_ctl()
-            .args(["-w", "-t", "60", "-l"])
-            .arg(&log)
-            .arg("start")
-            .output()?;
+        let log_start = self.log_len();
+        let mut pg_ctl = self.pg_ctl();
+        pg_ctl
+            .args(["-w", "-t", PG_CTL_TIMEOUT_SECS, "-l"])
+            .arg(self.log_path())
+            .arg("start");
+        let out = output(&mut pg_ctl, "pg_ctl start")?;
         if !out.status.success() {
-            let tail = std::fs::read_to_string(&log).unwrap_or_default();
-            let tail: Vec<&str> = tail.lines().rev().take(15).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
             return Err(HarnessError::new(format!(
                 "PostgreSQL did not start on port {}: {}\nserver log:\n{}",
                 self.port(),
                 String::from_utf8_lossy(&out.stderr).trim(),
-                tail.join("\n")
+                self.log_since(log_start).trim_end()
             )));
         }
-        // pg_ctl -w waits for the socket; make sure TCP answers too.
-        for _ in 0..100 {
-            if self.psql("select 1").is_ok() {
-                return Ok(());
+        // pg_ctl -w waits until the server accepts connections on one of its
+        // sockets; make sure TCP answers too.
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut last = None;
+        while Instant::now() < deadline {
+            match self.psql("select 1") {
+                Ok(_) => return Ok(()),
+                Err(err) => last = Some(err),
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         Err(HarnessError::new(format!(
-            "PostgreSQL started but does not answer on port {}",
-            self.port()
+            "PostgreSQL started but does not answer on 127.0.0.1:{} within {READY_TIMEOUT:?}: {}\nserver log:\n{}",
+            self.port(),
+            last.map(|e| e.to_string()).unwrap_or_default(),
+            self.log_tail()
         )))
     }
 
-    /// Stops and starts again.
+    /// Stops and starts again, same port and directory.
     pub fn restart(&self, mode: StopMode) -> Result<(), HarnessError> {
         self.stop(mode)?;
         self.start_again()
@@ -361,7 +416,7 @@ impl PgCluster {
         text.lines().next()?.trim().parse().ok()
     }
 
-    /// `server_version_num`, e.g. 150019.
+    /// `server_version_num`, e.g. 150020.
     pub fn server_version_num(&self) -> Result<u32, HarnessError> {
         let text = self.psql("show server_version_num")?;
         text.trim()
@@ -369,28 +424,39 @@ impl PgCluster {
             .map_err(|_| HarnessError::new(format!("unexpected server_version_num {text:?}")))
     }
 
-    /// A `LOGIN REPLICATION` role whose password is stored and checked with
-    /// `auth` over TCP (for both normal and replication connections).
+    /// A `LOGIN REPLICATION` role whose password is stored with `auth`'s
+    /// encryption and must be given with that method over TCP, for normal and
+    /// replication connections alike (`pg_hba.conf` lines ahead of the trust
+    /// lines). Connections without a password fail for this user.
     pub fn create_user(&self, name: &str, password: &str, auth: PasswordAuth) -> Result<(), HarnessError> {
-        let (encryption, method) = match auth {
-            PasswordAuth::Md5 => ("md5", "md5"),
-            PasswordAuth::ScramSha256 => ("scram-sha-256", "scram-sha-256"),
-        };
+        let method = auth.method();
         self.psql(&format!(
-            "set password_encryption = '{encryption}';\ncreate role \"{name}\" login replication password '{}';",
+            "set password_encryption = '{method}';\ncreate role \"{name}\" login replication password '{}';",
             password.replace('\'', "''")
         ))?;
-        self.add_hba_line(&format!("host replication \"{name}\" 127.0.0.1/32 {method}"))?;
-        self.add_hba_line(&format!("host all \"{name}\" 127.0.0.1/32 {method}"))
+        self.prepend_hba(&[
+            &format!("host all \"{name}\" 127.0.0.1/32 {method}"),
+            &format!("host replication \"{name}\" 127.0.0.1/32 {method}"),
+        ])?;
+        self.reload()
     }
 
-    /// Puts a line at the top of `pg_hba.conf` (first match wins) and reloads.
+    /// Puts a line at the top of `pg_hba.conf` (the first matching line wins)
+    /// and reloads.
     pub fn add_hba_line(&self, line: &str) -> Result<(), HarnessError> {
+        self.prepend_hba(&[line])?;
+        self.reload()
+    }
+
+    fn prepend_hba(&self, lines: &[&str]) -> Result<(), HarnessError> {
         let path = self.data.join("pg_hba.conf");
         let current = std::fs::read_to_string(&path)?;
-        std::fs::write(&path, format!("{line}\n{current}"))?;
-        self.psql("select pg_reload_conf()")?;
-        settle_reload();
+        let mut text = String::new();
+        for line in lines {
+            writeln!(text, "{line}").ok();
+        }
+        text.push_str(&current);
+        std::fs::write(&path, text)?;
         Ok(())
     }
 
@@ -399,45 +465,52 @@ impl PgCluster {
         command.current_dir(self.dir.path()).arg("-D").arg(&self.data);
         command
     }
+
+    /// The server log (`pg_ctl -l`), next to the data directory.
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    fn log_len(&self) -> u64 {
+        std::fs::metadata(self.log_path()).map_or(0, |m| m.len())
+    }
+
+    fn log_since(&self, offset: u64) -> String {
+        let log = std::fs::read(self.log_path()).unwrap_or_default();
+        let from = usize::try_from(offset).unwrap_or(usize::MAX).min(log.len());
+        String::from_utf8_lossy(&log[from..]).into_owned()
+    }
+
+    fn log_tail(&self) -> String {
+        let log = self.log_since(0);
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
 }
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
-        if self.postmaster_pid().is_some() {
-            let _ = self.stop(StopMode::Immediate);
+        let Some(pid) = self.postmaster_pid() else {
+            return;
+        };
+        if self.stop(StopMode::Immediate).is_ok() {
+            return;
         }
-    }
-}
-
-/// pg_reload_conf() only signals the postmaster; give it a moment to re-read.
-fn settle_reload() {
-    std::thread::sleep(Duration::from_millis(200));
-}
-
-/// Whether `pid` is a live process (a zombie awaiting its reaper is not).
-pub fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
-        Err(_) => false,
+        // pg_ctl failed (or timed out): kill the postmaster ourselves before
+        // its directory goes, but only if that PID is still our server (a
+        // stale postmaster.pid may name a reused PID); its children exit when
+        // they notice the postmaster is gone.
+        if process_alive(pid) && process_mentions(pid, &self.data) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            self.wait_gone(pid);
+        }
     }
 }
 
 fn free_port() -> Result<u16, HarnessError> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn check(out: &Output, what: &str) -> Result<(), HarnessError> {
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(HarnessError::new(format!(
-            "{what} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
 }

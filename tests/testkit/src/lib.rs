@@ -9,18 +9,36 @@
 //! directory. Tests may start as many clusters as they like, in parallel.
 //! When the tests run as root the server runs as the OS user `postgres`.
 //!
+//! Process work (start, stop, `psql`, configuration) is synchronous so that
+//! plain `#[test]`s and `#[tokio::test]`s can both use it; only
+//! [`PgCluster::connect`] is async.
+//!
 //! ```no_run
 //! # async fn example() -> Result<(), testkit::HarnessError> {
-//! let cluster = testkit::PgCluster::start()?;
+//! use testkit::{PasswordAuth, PgCluster, StopMode};
+//!
+//! let cluster = PgCluster::start()?;
 //! cluster.psql("create table outbox (id int)")?;
 //! let client = cluster.connect().await?;
+//!
+//! // Non-default settings, a password user, a crash and recovery:
+//! let tuned = PgCluster::builder().setting("wal_sender_timeout", "2s").start()?;
+//! tuned.create_user("outboxd", "secret", PasswordAuth::ScramSha256)?;
+//! tuned.restart(StopMode::Immediate)?;
+//! let url = tuned.url("outboxd", "postgres");
 //! # Ok(()) }
 //! ```
+//!
+//! Failures come back as [`HarnessError`]s that say what went wrong and, where
+//! the cause is the machine (no PostgreSQL installed, no `postgres` OS user),
+//! how to fix it; a server that will not start is reported with its log.
 
 mod binaries;
 mod cluster;
 mod error;
 mod os_user;
+mod process;
 
-pub use cluster::{process_alive, PasswordAuth, PgCluster, PgClusterBuilder, StopMode};
+pub use cluster::{PasswordAuth, PgCluster, PgClusterBuilder, StopMode};
 pub use error::HarnessError;
+pub use process::process_alive;

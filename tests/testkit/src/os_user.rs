@@ -6,6 +6,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
+use crate::binaries;
 use crate::HarnessError;
 
 /// The OS user the server runs as: `None` means the current user.
@@ -38,11 +39,10 @@ impl ServerUser {
 
     /// A command that runs as the server user.
     pub(crate) fn command(&self, program: &Path) -> Command {
-        let mut command = Command::new(program);
+        let mut command = binaries::command(program);
         if let Some((uid, gid)) = self.ids {
             command.uid(uid).gid(gid);
         }
-        command.env("LC_ALL", "C").env_remove("PGDATA");
         command
     }
 

@@ -1,6 +1,8 @@
 //! Throwaway clusters: start in parallel, serve logical replication, restart,
 //! authenticate, and leave nothing behind.
 
+use std::os::unix::fs::PermissionsExt;
+
 use testkit::{process_alive as process_exists, PasswordAuth, PgCluster, StopMode};
 
 #[test]
@@ -139,4 +141,59 @@ async fn md5_and_scram_users_authenticate_and_wrong_passwords_fail() {
             "{user} connected without a password"
         );
     }
+}
+
+#[tokio::test]
+async fn hba_lines_apply_to_the_next_connection() {
+    let cluster = PgCluster::start().unwrap();
+    cluster.psql("create role blocked login").unwrap();
+    cluster
+        .add_hba_line("host all blocked 127.0.0.1/32 reject")
+        .unwrap();
+    let Err(err) = cluster
+        .config("blocked", "postgres")
+        .connect(tokio_postgres::NoTls)
+        .await
+    else {
+        panic!("a rejected user connected")
+    };
+    let message = err
+        .as_db_error()
+        .map(|e| e.message().to_owned())
+        .unwrap_or_else(|| err.to_string());
+    assert!(message.contains("rejects connection"), "{message}");
+    // Everyone else still gets in.
+    let client = cluster.connect().await.unwrap();
+    client.simple_query("select 1").await.unwrap();
+}
+
+#[test]
+fn tls_with_the_given_certificate() {
+    let rcgen::CertifiedKey { cert, key_pair } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cluster = PgCluster::builder()
+        .ssl(cert.pem(), key_pair.serialize_pem())
+        .start()
+        .unwrap();
+    let key = std::fs::metadata(cluster.data_dir().join("server.key")).unwrap();
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    assert_eq!(cluster.psql("show ssl").unwrap(), "on");
+    // psql's default sslmode is `prefer`: with a certificate, it negotiates TLS.
+    assert_eq!(
+        cluster
+            .psql("select ssl from pg_stat_ssl where pid = pg_backend_pid()")
+            .unwrap(),
+        "t"
+    );
+}
+
+#[test]
+fn a_bad_setting_fails_at_once_quoting_the_server_log() {
+    let err = PgCluster::builder()
+        .setting("wal_level", "sideways")
+        .start()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("did not start"), "{err}");
+    assert!(err.contains("invalid value for parameter \"wal_level\""), "{err}");
 }
