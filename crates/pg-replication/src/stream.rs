@@ -1,0 +1,593 @@
+//! The replication stream: one task that owns the replication connection,
+//! turns frames into events, reports progress on its own timer, and
+//! reconnects after transient failures.
+//!
+//! ```text
+//!  walsender ──CopyData──▶ task ──bounded channel──▶ ReplicationStream::next()
+//!      ▲                    │                               │
+//!      └── status updates ◀─┴── timer + AckHandle ◀─────────┘ ack(end_lsn)
+//! ```
+//!
+//! Backpressure: the task holds at most the events of one frame (two) while
+//! the channel is full, and stops reading the socket meanwhile; TCP then stops
+//! the walsender. Status updates keep going on their timer whatever the
+//! consumer does, so a stalled downstream never times the walsender out.
+
+use std::collections::hash_map::RandomState;
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use pgoutput::{Decoder, Lsn, PgTimestamp, ReplicationMessage};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::assembler::{Assembler, StreamError};
+use crate::catalog::{self, CheckError};
+use crate::config::ReplicationConfig;
+use crate::connection::{CopyBoth, ReplicationConnection};
+use crate::error::Error;
+use crate::event::{OutboxTable, ReplicationEvent};
+use crate::progress::{AckHandle, Progress};
+
+/// The pgoutput protocol version we ask for. Version 1 is enough: we ask for
+/// neither streaming of in-progress transactions nor two-phase, so Postgres
+/// sends each transaction whole, at commit, in commit order — rolled-back work
+/// never reaches us.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// What to stream and how.
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    /// Where to connect.
+    pub connection: ReplicationConfig,
+    /// The logical slot (must exist; see `catalog::create_slot`).
+    pub slot: String,
+    /// The publication.
+    pub publication: String,
+    /// Tables whose inserts are outbox events.
+    pub tables: Vec<OutboxTable>,
+    /// Transactional logical messages with this prefix are outbox events too.
+    pub message_prefix: Option<String>,
+    /// Transactions ending at or before this position are skipped (a checkpoint).
+    pub skip_through: Lsn,
+    /// How often to send status updates; capped at half of `wal_sender_timeout`.
+    pub status_interval: Duration,
+    /// Events buffered between the task and the consumer.
+    pub channel_capacity: usize,
+    /// First reconnect delay; doubles up to `reconnect_max` (with jitter).
+    pub reconnect_initial: Duration,
+    /// Longest reconnect delay.
+    pub reconnect_max: Duration,
+}
+
+impl StreamConfig {
+    /// Defaults: 1 s status interval, 1024 buffered events, reconnects from 100 ms to 30 s.
+    pub fn new(
+        connection: ReplicationConfig,
+        slot: impl Into<String>,
+        publication: impl Into<String>,
+    ) -> Self {
+        StreamConfig {
+            connection,
+            slot: slot.into(),
+            publication: publication.into(),
+            tables: vec![OutboxTable::new("public", "outbox")],
+            message_prefix: None,
+            skip_through: Lsn::ZERO,
+            status_interval: Duration::from_secs(1),
+            channel_capacity: 1024,
+            reconnect_initial: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counters of a running stream, for tests and metrics.
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    frames: AtomicU64,
+    reconnects: AtomicU64,
+    flushed: AtomicU64,
+    received: AtomicU64,
+    status_updates: AtomicU64,
+}
+
+impl StreamStats {
+    /// CopyData frames received.
+    pub fn frames(&self) -> u64 {
+        self.frames.load(Ordering::Relaxed)
+    }
+    /// Reconnects after transient failures.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+    /// The last `flush` position sent to the server.
+    pub fn flushed(&self) -> Lsn {
+        Lsn::new(self.flushed.load(Ordering::Relaxed))
+    }
+    /// The last `write` position sent to the server.
+    pub fn received(&self) -> Lsn {
+        Lsn::new(self.received.load(Ordering::Relaxed))
+    }
+    /// Status updates sent.
+    pub fn status_updates(&self) -> u64 {
+        self.status_updates.load(Ordering::Relaxed)
+    }
+}
+
+/// Why the stream stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicationError {
+    /// Setup is wrong (slot missing or invalidated, publication, wal_level, …): fix and restart.
+    #[error(transparent)]
+    Setup(#[from] catalog::SetupError),
+    /// The connection failed in a way retrying will not fix (authentication, TLS, privileges).
+    #[error(transparent)]
+    Connection(Error),
+    /// The stream carried something we cannot process; nothing from here on is acked.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// The slot's confirmed position is past where we asked to start: something else consumed it.
+    #[error("replication slot {slot:?} is at {confirmed} but streaming was requested from {requested}: another consumer advanced it, so events in between were not delivered by outboxd. Stop the other consumer; replay or reconcile the gap")]
+    SlotMoved {
+        /// Slot name.
+        slot: String,
+        /// Where we asked to start.
+        requested: Lsn,
+        /// Where the slot is.
+        confirmed: Lsn,
+    },
+    /// The stream task ended unexpectedly.
+    #[error("replication task failed: {0}")]
+    Task(String),
+}
+
+/// A running replication stream. See the module notes.
+#[derive(Debug)]
+pub struct ReplicationStream {
+    events: mpsc::Receiver<Result<ReplicationEvent, ReplicationError>>,
+    ack: AckHandle,
+    stats: Arc<StreamStats>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<Result<(), ReplicationError>>,
+}
+
+impl ReplicationStream {
+    /// Verifies the setup (definite problems are returned here, before any
+    /// streaming), then starts the stream task.
+    pub async fn start(config: StreamConfig) -> Result<Self, ReplicationError> {
+        let ack = AckHandle::default();
+        let stats = Arc::new(StreamStats::default());
+        let (tx, rx) = mpsc::channel(config.channel_capacity.max(1));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let decoder = Decoder::new(PROTOCOL_VERSION)
+            .map_err(|e| ReplicationError::Task(format!("cannot build the pgoutput decoder: {e}")))?;
+        let mut runner = Runner::new(config, decoder, ack.clone(), Arc::clone(&stats), tx, shutdown_rx);
+        let session = runner.connect_with_retry().await?;
+        let task = tokio::spawn(async move { runner.run(session).await });
+        Ok(ReplicationStream {
+            events: rx,
+            ack,
+            stats,
+            shutdown,
+            task,
+        })
+    }
+
+    /// The next event; `None` once the stream has stopped. A definite error is
+    /// yielded once, then `None`.
+    pub async fn next(&mut self) -> Option<Result<ReplicationEvent, ReplicationError>> {
+        self.events.recv().await
+    }
+
+    /// The handle to report delivered positions with.
+    pub fn ack_handle(&self) -> AckHandle {
+        self.ack.clone()
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> Arc<StreamStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Stops reading, sends a final status update with the acked position,
+    /// and closes the connection.
+    pub async fn shutdown(self) -> Result<(), ReplicationError> {
+        let _ = self.shutdown.send(true);
+        drop(self.events);
+        match self.task.await {
+            Ok(result) => result,
+            Err(join) => Err(ReplicationError::Task(join.to_string())),
+        }
+    }
+}
+
+/// One connection's worth of state.
+struct Session {
+    copy: CopyBoth,
+    status_interval: Duration,
+    pings: PingBurst,
+}
+
+impl Session {
+    /// Closes the connection and releases the socket.
+    async fn close(&mut self) {
+        self.copy.close().await;
+    }
+}
+
+/// Detects a walsender of a shutting-down server waiting for us.
+///
+/// Such a walsender sends a reply-requested keepalive, waits for our reply,
+/// and sends the next at once, until our `flush` reaches its sent position
+/// (`WalSndDone` in Postgres' walsender.c). In normal streaming a walsender
+/// asks for a reply only when it has not heard from us for half of
+/// `wal_sender_timeout`, which our status timer never lets happen. So many
+/// requests in a short window while we cannot confirm `wal_end` mean the
+/// server's shutdown is blocked on us: we close the connection (losing
+/// nothing: we resume from the acknowledged position) instead of holding it.
+#[derive(Debug)]
+struct PingBurst {
+    window_start: tokio::time::Instant,
+    count: u32,
+}
+
+impl PingBurst {
+    const WINDOW: Duration = Duration::from_secs(1);
+    const LIMIT: u32 = 20;
+
+    fn new() -> Self {
+        PingBurst {
+            window_start: tokio::time::Instant::now(),
+            count: 0,
+        }
+    }
+
+    /// Records a reply-requested keepalive; true when the burst limit is reached.
+    fn record(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        if now.duration_since(self.window_start) > Self::WINDOW {
+            self.window_start = now;
+            self.count = 0;
+        }
+        self.count += 1;
+        self.count >= Self::LIMIT
+    }
+}
+
+enum SessionEnd {
+    Shutdown,
+    Lost(Error),
+}
+
+struct Runner {
+    config: StreamConfig,
+    progress: Progress,
+    assembler: Assembler,
+    /// A fresh decoder for each connection.
+    decoder: Decoder,
+    stats: Arc<StreamStats>,
+    tx: mpsc::Sender<Result<ReplicationEvent, ReplicationError>>,
+    shutdown: watch::Receiver<bool>,
+    /// Events of the last frame not yet taken by the channel (at most two).
+    pending: VecDeque<ReplicationEvent>,
+    backoff: Duration,
+    connected_once: bool,
+}
+
+impl Runner {
+    fn new(
+        config: StreamConfig,
+        decoder: Decoder,
+        ack: AckHandle,
+        stats: Arc<StreamStats>,
+        tx: mpsc::Sender<Result<ReplicationEvent, ReplicationError>>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let assembler = Assembler::new(
+            decoder.clone(),
+            config.tables.clone(),
+            config.message_prefix.clone(),
+            Lsn::ZERO,
+        );
+        let backoff = config.reconnect_initial;
+        Runner {
+            progress: Progress::new(ack, Lsn::ZERO),
+            assembler,
+            decoder,
+            stats,
+            tx,
+            shutdown,
+            pending: VecDeque::with_capacity(2),
+            backoff,
+            connected_once: false,
+            config,
+        }
+    }
+
+    async fn run(mut self, mut session: Session) -> Result<(), ReplicationError> {
+        loop {
+            let end = match self.stream(&mut session).await {
+                Ok(end) => end,
+                Err(err) => {
+                    // Definite: the consumer hears of it once; nothing past it is acked.
+                    let message = err.to_string();
+                    let _ = self.tx.send(Err(err)).await;
+                    return Err(ReplicationError::Task(message));
+                }
+            };
+            match end {
+                SessionEnd::Shutdown => return Ok(()),
+                SessionEnd::Lost(err) => {
+                    // Close the old connection now, not when the new one replaces
+                    // it: a server shutting down waits for its walsender to go.
+                    session.close().await;
+                    warn!(slot = %self.config.slot, error = %err, "replication connection lost, reconnecting");
+                    self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                    self.progress.reset_open();
+                    session = match self.reconnect().await {
+                        Ok(Some(session)) => session,
+                        Ok(None) => return Ok(()),
+                        Err(err) => {
+                            let message = err.to_string();
+                            let _ = self.tx.send(Err(err)).await;
+                            return Err(ReplicationError::Task(message));
+                        }
+                    };
+                }
+            }
+        }
+    }
+
+    /// Sleeps with backoff and connects again; `None` if shut down meanwhile.
+    async fn reconnect(&mut self) -> Result<Option<Session>, ReplicationError> {
+        loop {
+            if self.sleep_backoff().await {
+                return Ok(None);
+            }
+            match self.connect_once().await {
+                Ok(session) => return Ok(Some(session)),
+                Err(Attempt::Transient(err)) => {
+                    warn!(slot = %self.config.slot, error = %err, "reconnect failed, retrying");
+                }
+                Err(Attempt::Definite(err)) => return Err(err),
+            }
+        }
+    }
+
+    /// The first connection: definite errors at once, transient ones retried.
+    async fn connect_with_retry(&mut self) -> Result<Session, ReplicationError> {
+        loop {
+            match self.connect_once().await {
+                Ok(session) => return Ok(session),
+                Err(Attempt::Transient(err)) => {
+                    warn!(slot = %self.config.slot, error = %err, "cannot start replication yet, retrying");
+                    if self.sleep_backoff().await {
+                        return Err(ReplicationError::Task(
+                            "shut down before replication started".into(),
+                        ));
+                    }
+                }
+                Err(Attempt::Definite(err)) => return Err(err),
+            }
+        }
+    }
+
+    /// Waits out the current backoff (full jitter), doubling it for next time.
+    /// Returns true if shutdown was requested meanwhile.
+    async fn sleep_backoff(&mut self) -> bool {
+        let max = self.backoff.as_millis().max(1) as u64;
+        let jittered = Duration::from_millis(max / 2 + random_u64() % (max / 2 + 1));
+        self.backoff = (self.backoff * 2).min(self.config.reconnect_max);
+        tokio::select! {
+            _ = tokio::time::sleep(jittered) => *self.shutdown.borrow(),
+            _ = self.shutdown.changed() => true,
+            _ = self.tx.closed() => true,
+        }
+    }
+
+    async fn connect_once(&mut self) -> Result<Session, Attempt> {
+        let config = &self.config;
+        // The replication connection first: its errors (TLS, authentication,
+        // privileges) are classified precisely.
+        let mut conn = ReplicationConnection::connect(&config.connection)
+            .await
+            .map_err(Attempt::from_connection)?;
+        // Catalog checks on every (re)connect: a slot dropped while we were away
+        // is a definite error, never a reason to make a new one.
+        let client = config
+            .connection
+            .connect_catalog()
+            .await
+            .map_err(Attempt::from_connection)?;
+        let slot = catalog::verify(&client, &config.slot, &config.publication, &config.tables)
+            .await
+            .map_err(Attempt::from_check)?;
+        let status_interval = match conn
+            .wal_sender_timeout()
+            .await
+            .map_err(Attempt::from_connection)?
+        {
+            Some(timeout) if !timeout.is_zero() => config.status_interval.min(timeout / 2),
+            _ => config.status_interval,
+        };
+
+        if !self.connected_once {
+            let confirmed = slot.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
+            let start = confirmed.max(config.skip_through);
+            self.progress = Progress::new(self.progress.ack_handle().clone(), start);
+            self.assembler.reconnect(self.decoder.clone(), start);
+        } else {
+            let resume = self.progress.resume_position();
+            self.assembler
+                .reconnect(self.decoder.clone(), self.progress.handed_out().max(resume));
+        }
+        let requested = self.progress.resume_position();
+
+        let options = [
+            ("proto_version", PROTOCOL_VERSION.to_string()),
+            ("publication_names", quote_publication(&config.publication)),
+            ("messages", "true".to_owned()),
+        ];
+        let copy = conn
+            .start_replication(&config.slot, requested, &options)
+            .await
+            .map_err(Attempt::from_connection)?;
+
+        // Resume defensively: the slot must not be past what we asked for.
+        if let Some(info) = catalog::read_slot(&client, &config.slot)
+            .await
+            .map_err(|e| Attempt::from_check(e.into()))?
+        {
+            let confirmed = info.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
+            if !requested.is_zero() && confirmed > requested {
+                return Err(Attempt::Definite(ReplicationError::SlotMoved {
+                    slot: config.slot.clone(),
+                    requested,
+                    confirmed,
+                }));
+            }
+        }
+        info!(slot = %config.slot, publication = %config.publication, start = %requested,
+              status_interval_ms = status_interval.as_millis() as u64, "replication started");
+        self.connected_once = true;
+        self.backoff = config.reconnect_initial;
+        Ok(Session {
+            copy,
+            status_interval,
+            pings: PingBurst::new(),
+        })
+    }
+
+    /// Streams until shutdown, a lost connection, or a definite error.
+    async fn stream(&mut self, session: &mut Session) -> Result<SessionEnd, ReplicationError> {
+        // Local handles, so the select! futures do not borrow `self`.
+        let mut shutdown = self.shutdown.clone();
+        let tx = self.tx.clone();
+        let mut ticker = tokio::time::interval(session.status_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    // Final status update with everything acked so far, then close.
+                    if let Err(err) = self.send_status(session, false).await {
+                        debug!(error = %err, "final status update failed");
+                    }
+                    let _ = session.copy.send_copy_done().await;
+                    return Ok(SessionEnd::Shutdown);
+                }
+                // The stream was dropped without shutdown(): stop like a crash
+                // would, without a final status update.
+                _ = tx.closed() => return Ok(SessionEnd::Shutdown),
+                _ = ticker.tick() => {
+                    if let Err(err) = self.send_status(session, false).await {
+                        return lost(err);
+                    }
+                }
+                permit = tx.reserve(), if !self.pending.is_empty() => {
+                    let Ok(permit) = permit else { return Ok(SessionEnd::Shutdown) };
+                    if let Some(event) = self.pending.pop_front() {
+                        permit.send(Ok(event));
+                    }
+                }
+                frame = session.copy.recv(), if self.pending.is_empty() => {
+                    let frame = match frame {
+                        Ok(Some(frame)) => frame,
+                        Ok(None) => return lost(Error::stream_ended()),
+                        Err(err) if err.is_transient() => return lost(err),
+                        Err(err) => return Err(ReplicationError::Connection(err)),
+                    };
+                    self.stats.frames.fetch_add(1, Ordering::Relaxed);
+                    let message = ReplicationMessage::parse(&frame)
+                        .map_err(|source| StreamError::Decode { lsn: self.progress.received(), source })?;
+                    match message {
+                        ReplicationMessage::XLogData(data) => {
+                            let out = self.assembler.push(&data)?;
+                            if out.began {
+                                self.progress.begin();
+                            }
+                            if let Some((end_lsn, handed_out)) = out.committed {
+                                self.progress.commit(end_lsn, handed_out);
+                            }
+                            self.pending.extend(out.events);
+                        }
+                        ReplicationMessage::PrimaryKeepalive(keepalive) => {
+                            self.progress.keepalive(keepalive.wal_end);
+                            if keepalive.reply_requested {
+                                if session.pings.record() && self.progress.flush() < keepalive.wal_end {
+                                    return lost(Error::server_waiting_for_us());
+                                }
+                                if let Err(err) = self.send_status(session, false).await {
+                                    return lost(err);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send_status(&mut self, session: &mut Session, reply_requested: bool) -> Result<(), Error> {
+        let now = PgTimestamp::from_system_time(SystemTime::now()).unwrap_or_default();
+        let update = self.progress.status_update(now, reply_requested);
+        let mut buf = BytesMut::with_capacity(pgoutput::StandbyStatusUpdate::ENCODED_LEN);
+        update.encode(&mut buf);
+        session.copy.send(&buf).await?;
+        self.stats.flushed.store(update.flush.as_u64(), Ordering::Relaxed);
+        self.stats
+            .received
+            .store(update.write.as_u64(), Ordering::Relaxed);
+        self.stats.status_updates.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn lost(err: Error) -> Result<SessionEnd, ReplicationError> {
+    Ok(SessionEnd::Lost(err))
+}
+
+/// One connection attempt's failure, by what to do about it.
+enum Attempt {
+    Transient(String),
+    Definite(ReplicationError),
+}
+
+impl Attempt {
+    fn from_connection(err: Error) -> Self {
+        if err.is_transient() {
+            Attempt::Transient(err.to_string())
+        } else {
+            Attempt::Definite(ReplicationError::Connection(err))
+        }
+    }
+
+    fn from_check(err: CheckError) -> Self {
+        match err {
+            CheckError::Query(q) if q.is_transient() => Attempt::Transient(q.to_string()),
+            CheckError::Query(q) => Attempt::Definite(ReplicationError::Setup(q.into())),
+            CheckError::Setup(s) => Attempt::Definite(ReplicationError::Setup(s)),
+        }
+    }
+}
+
+/// `publication_names` is a comma-separated list of identifiers: quote ours.
+fn quote_publication(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Randomness for reconnect jitter without a dependency: std's hasher keys
+/// are random per `RandomState`.
+fn random_u64() -> u64 {
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u64(0);
+    hasher.finish()
+}

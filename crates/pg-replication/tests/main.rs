@@ -1,0 +1,9 @@
+//! pg-replication's integration tests, in one binary, against throwaway clusters.
+
+mod connection;
+mod copy_both;
+mod payloads;
+mod positions;
+mod streaming;
+mod support;
+mod tls;
