@@ -37,6 +37,9 @@ pub struct Delivery {
     pub id: String,
     /// Success only when the destination acknowledged the record durably.
     pub result: Result<(), DeliveryError>,
+    /// On a permanent failure, the record as it was sent, so the pipeline can
+    /// dead-letter it without keeping a copy of every record in flight.
+    pub returned: Option<Record>,
 }
 
 /// A destination for records.
@@ -46,6 +49,9 @@ pub struct Delivery {
 /// records. Outcomes are reported as [`Delivery`] values through whatever
 /// channel the sink was built with — only a positive acknowledgement from the
 /// destination counts as delivered, never the return of `send` or `flush`.
+/// A record refused at once (say, too large) is reported the same way, as a
+/// failed [`Delivery`]; `send` itself fails only when the sink is broken
+/// ([`ErrorClass::Fatal`]) and nothing more can be sent.
 pub trait Sink: Send {
     /// Enqueues one record of transaction `tx`.
     fn send(&mut self, record: Record, tx: TxSeq) -> impl Future<Output = Result<(), DeliveryError>> + Send;

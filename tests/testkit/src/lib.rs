@@ -36,6 +36,7 @@
 mod binaries;
 mod cluster;
 mod error;
+pub mod kafka;
 mod os_user;
 mod process;
 

@@ -1,0 +1,300 @@
+//! Producer settings: what outboxd's guarantees require, what it refuses, and
+//! what passes through to librdkafka untouched.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use rdkafka::ClientConfig;
+
+/// Settings outboxd always applies. Each one carries a guarantee:
+///
+/// * `enable.idempotence=true`: the broker drops duplicates of librdkafka's
+///   own retries and keeps per-partition order across them;
+/// * `acks=all`: a record counts as delivered only when every in-sync
+///   replica has it;
+/// * `max.in.flight.requests.per.connection=5`: the most the idempotent
+///   producer allows without risking reordering;
+/// * `message.timeout.ms=0`: a record is never given up on (a timed-out
+///   record would leave a gap the next records fill, breaking order);
+/// * `partitioner=murmur2_random`: the Java client's placement, so keys land
+///   on the partitions Java producers and Kafka Streams expect.
+pub const REQUIRED: &[(&str, &str)] = &[
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("max.in.flight.requests.per.connection", "5"),
+    ("message.timeout.ms", "0"),
+    ("partitioner", "murmur2_random"),
+];
+
+/// Property names whose values are secrets: never logged or printed.
+const SECRET_HINTS: &[&str] = &[
+    "password",
+    "secret",
+    "sasl.oauthbearer.config",
+    "ssl.key.pem",
+    "ssl_key",
+];
+
+/// The producer configuration: librdkafka properties, checked.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct KafkaConfig {
+    properties: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut map = f.debug_map();
+        for (key, value) in &self.properties {
+            if is_secret(key) {
+                map.entry(key, &"<redacted>");
+            } else {
+                map.entry(key, value);
+            }
+        }
+        map.finish()
+    }
+}
+
+/// A setting that would break a delivery guarantee, or a missing one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// An override of a guarantee-carrying setting.
+    #[error("kafka property {key}={value} is refused: {why}")]
+    Unsafe {
+        /// Property name.
+        key: String,
+        /// The refused value.
+        value: String,
+        /// What it would break, and what to do instead.
+        why: String,
+    },
+    /// `bootstrap.servers` is not set.
+    #[error("kafka property bootstrap.servers is not set: give the brokers (host:port, comma-separated) in [kafka.properties] or OUTBOXD_KAFKA_BROKERS")]
+    NoBootstrapServers,
+}
+
+impl KafkaConfig {
+    /// Checks `properties` (librdkafka names, as in its CONFIGURATION.md)
+    /// and adds the required settings. Aliases are normalised first
+    /// (`request.required.acks` is `acks`, `delivery.timeout.ms` is
+    /// `message.timeout.ms`, `max.in.flight` is
+    /// `max.in.flight.requests.per.connection`).
+    pub fn new<K, V>(properties: impl IntoIterator<Item = (K, V)>) -> Result<Self, ConfigError>
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let mut checked = BTreeMap::new();
+        for (key, value) in properties {
+            let key = canonical(&key.into()).to_owned();
+            let value = value.into();
+            check(&key, &value)?;
+            checked.insert(key, value);
+        }
+        if !checked.contains_key("bootstrap.servers") {
+            return Err(ConfigError::NoBootstrapServers);
+        }
+        // A finite timeout is allowed only with the gapless guarantee: then a
+        // timed-out record is a fatal producer error, never a silent gap.
+        let gapless = checked.get("enable.gapless.guarantee").map(String::as_str) == Some("true");
+        for (key, value) in REQUIRED {
+            if *key == "message.timeout.ms" && gapless && checked.contains_key(*key) {
+                continue;
+            }
+            checked
+                .entry((*key).to_owned())
+                .or_insert_with(|| (*value).to_owned());
+        }
+        let config = KafkaConfig { properties: checked };
+        check_timeout(&config)?;
+        Ok(config)
+    }
+
+    /// One property's value.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.properties.get(canonical(key)).map(String::as_str)
+    }
+
+    /// The largest record the producer accepts (`message.max.bytes`,
+    /// librdkafka's default 1,000,000).
+    pub fn message_max_bytes(&self) -> usize {
+        self.get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000)
+    }
+
+    /// The librdkafka configuration.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+
+    /// The properties with secrets redacted, for logs and `outboxd check`.
+    pub fn redacted(&self) -> BTreeMap<String, String> {
+        self.properties
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    if is_secret(k) {
+                        "<redacted>".to_owned()
+                    } else {
+                        v.clone()
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+fn is_secret(key: &str) -> bool {
+    SECRET_HINTS.iter().any(|hint| key.contains(hint))
+}
+
+fn canonical(key: &str) -> &str {
+    match key {
+        "request.required.acks" => "acks",
+        "delivery.timeout.ms" => "message.timeout.ms",
+        "max.in.flight" => "max.in.flight.requests.per.connection",
+        "metadata.broker.list" => "bootstrap.servers",
+        other => other,
+    }
+}
+
+fn unsafe_setting(key: &str, value: &str, why: &str) -> ConfigError {
+    ConfigError::Unsafe {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        why: why.to_owned(),
+    }
+}
+
+fn check(key: &str, value: &str) -> Result<(), ConfigError> {
+    let v = value.trim().to_ascii_lowercase();
+    match key {
+        "enable.idempotence" if v != "true" => Err(unsafe_setting(
+            key,
+            value,
+            "without the idempotent producer a retry can duplicate or reorder records within a partition; remove the setting",
+        )),
+        "acks" if v != "all" && v != "-1" => Err(unsafe_setting(
+            key,
+            value,
+            "a record is delivered only when all in-sync replicas have it (acks=all); fewer acks can lose acknowledged records when a broker fails",
+        )),
+        "max.in.flight.requests.per.connection" => match v.parse::<u32>() {
+            Ok(1..=5) => Ok(()),
+            _ => Err(unsafe_setting(
+                key,
+                value,
+                "the idempotent producer keeps order only with 1 to 5 requests in flight per connection",
+            )),
+        },
+        "partitioner" if v != "murmur2_random" && v != "murmur2" => Err(unsafe_setting(
+            key,
+            value,
+            "keys must land where Java clients put them (murmur2); another partitioner splits an aggregate's events across partitions",
+        )),
+        "transactional.id" => Err(unsafe_setting(
+            key,
+            value,
+            "transactional delivery is not supported yet; outboxd delivers at least once with identifiable duplicates",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a finite `message.timeout.ms` without `enable.gapless.guarantee`.
+fn check_timeout(config: &KafkaConfig) -> Result<(), ConfigError> {
+    let timeout = config.get("message.timeout.ms").unwrap_or("0");
+    if timeout != "0" && config.get("enable.gapless.guarantee") != Some("true") {
+        return Err(unsafe_setting(
+            "message.timeout.ms",
+            timeout,
+            "a record that times out is dropped and the next ones still go out, a gap in the stream; \
+             leave it at 0 (retry until delivered) or also set enable.gapless.guarantee=true, which makes \
+             a timeout a fatal error instead",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &[(&str, &str)]) -> Result<KafkaConfig, ConfigError> {
+        let mut props = vec![("bootstrap.servers", "localhost:9092")];
+        props.extend_from_slice(extra);
+        KafkaConfig::new(props)
+    }
+
+    #[test]
+    fn required_settings_are_added() {
+        let c = config(&[("linger.ms", "5"), ("compression.type", "zstd")]).unwrap();
+        for (key, value) in REQUIRED {
+            assert_eq!(c.get(key), Some(*value), "{key}");
+        }
+        assert_eq!(c.get("linger.ms"), Some("5"));
+        assert_eq!(c.get("compression.type"), Some("zstd"));
+    }
+
+    #[test]
+    fn unsafe_overrides_are_refused_with_the_reason() {
+        for (key, value, why) in [
+            ("enable.idempotence", "false", "idempotent"),
+            ("acks", "1", "in-sync replicas"),
+            ("request.required.acks", "0", "in-sync replicas"),
+            ("max.in.flight.requests.per.connection", "10", "1 to 5"),
+            ("max.in.flight", "0", "1 to 5"),
+            ("partitioner", "consistent_random", "murmur2"),
+            ("message.timeout.ms", "30000", "gap"),
+            ("delivery.timeout.ms", "30000", "gap"),
+            ("transactional.id", "x", "not supported yet"),
+        ] {
+            let err = config(&[(key, value)]).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains(value) && text.contains(why),
+                "{key}={value}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn safe_spellings_of_required_settings_are_accepted() {
+        let c = config(&[("acks", "-1"), ("max.in.flight", "1"), ("partitioner", "murmur2")]).unwrap();
+        assert_eq!(c.get("acks"), Some("-1"));
+        assert_eq!(c.get("max.in.flight.requests.per.connection"), Some("1"));
+    }
+
+    #[test]
+    fn finite_timeout_only_with_the_gapless_guarantee() {
+        let c = config(&[
+            ("message.timeout.ms", "60000"),
+            ("enable.gapless.guarantee", "true"),
+        ])
+        .unwrap();
+        assert_eq!(c.get("message.timeout.ms"), Some("60000"));
+    }
+
+    #[test]
+    fn bootstrap_servers_are_required() {
+        let err = KafkaConfig::new([("linger.ms", "5")]).unwrap_err();
+        assert_eq!(err, ConfigError::NoBootstrapServers);
+        assert!(err.to_string().contains("OUTBOXD_KAFKA_BROKERS"));
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let c = config(&[("sasl.password", "hunter2"), ("ssl.key.password", "pw")]).unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("hunter2") && !debug.contains("\"pw\""), "{debug}");
+        assert_eq!(c.redacted()["sasl.password"], "<redacted>");
+        assert_eq!(c.get("sasl.password"), Some("hunter2"));
+    }
+}
