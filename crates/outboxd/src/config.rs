@@ -1,0 +1,538 @@
+//! Configuration: a TOML file, then `OUTBOXD_*` environment variables, then
+//! command-line flags, each overriding the one before. Unknown keys and
+//! unknown `OUTBOXD_*` variables are errors (a typo must not silently fall
+//! back to a default). Every default is in this file, in the `Default`
+//! implementations; `outboxd.example.toml` at the repository root shows them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use outbox_core::{ColumnMapping, Routing, TopicRule};
+use pg_replication::{OutboxTable, ReplicationConfig, StreamConfig};
+use serde::Deserialize;
+use sink_kafka::KafkaConfig;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the outbox lives and how to stream it.
+    pub postgres: PostgresConfig,
+    /// Column names of the outbox table.
+    pub outbox: OutboxColumns,
+    /// Topic, key and headers of the records.
+    pub routing: RoutingConfig,
+    /// The Kafka producer and the permanent-error policy.
+    pub kafka: KafkaSection,
+    /// outboxd's own record of the last delivered position.
+    pub checkpoint: CheckpointConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[postgres]`
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// Connection URL or libpq key=value string (`sslmode`, `sslrootcert`
+    /// honoured). Prefer `OUTBOXD_POSTGRES_URL` or `password_file` for secrets.
+    pub url: String,
+    /// A file whose content (trimmed) is the password.
+    pub password_file: Option<PathBuf>,
+    /// The replication slot (created by `outboxd setup`).
+    pub slot: String,
+    /// The publication (created by `outboxd setup`).
+    pub publication: String,
+    /// Outbox tables, `schema.table` (or `table` for `public`).
+    pub tables: Vec<String>,
+    /// Transactional `pg_logical_emit_message` calls with this prefix carry
+    /// outbox events too (a JSON envelope with the outbox columns).
+    pub message_prefix: Option<String>,
+    /// Status update interval in milliseconds (capped at half the server's
+    /// `wal_sender_timeout`).
+    pub status_interval_ms: u64,
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &redact_url(&self.url))
+            .field("password_file", &self.password_file)
+            .field("slot", &self.slot)
+            .field("publication", &self.publication)
+            .field("tables", &self.tables)
+            .field("message_prefix", &self.message_prefix)
+            .field("status_interval_ms", &self.status_interval_ms)
+            .finish()
+    }
+}
+
+/// The connection string with any password replaced (URL userinfo or a
+/// `password=` key/value).
+pub fn redact_url(url: &str) -> String {
+    if let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    {
+        let scheme = &url[..url.len() - rest.len()];
+        if let Some((userinfo, host)) = rest.split_once('@') {
+            if let Some((user, _)) = userinfo.split_once(':') {
+                return format!("{scheme}{user}:<redacted>@{host}");
+            }
+        }
+        return url.to_owned();
+    }
+    url.split_whitespace()
+        .map(|kv| {
+            if kv.starts_with("password=") {
+                "password=<redacted>"
+            } else {
+                kv
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url: "postgres://outboxd@localhost:5432/postgres".into(),
+            password_file: None,
+            slot: "outboxd".into(),
+            publication: "outboxd".into(),
+            tables: vec!["public.outbox".into()],
+            message_prefix: None,
+            status_interval_ms: 1000,
+        }
+    }
+}
+
+/// `[outbox]`: column names (Debezium's outbox router's defaults).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxColumns {
+    /// Event id column.
+    pub id: String,
+    /// Aggregate type column.
+    pub aggregate_type: String,
+    /// Aggregate id column (the record key).
+    pub aggregate_id: String,
+    /// Event type column.
+    pub event_type: String,
+    /// Payload column (the record value).
+    pub payload: String,
+    /// Extra columns sent as headers.
+    pub extra_headers: Vec<String>,
+}
+
+impl Default for OutboxColumns {
+    fn default() -> Self {
+        let d = ColumnMapping::default();
+        OutboxColumns {
+            id: d.id,
+            aggregate_type: d.aggregate_type,
+            aggregate_id: d.aggregate_id,
+            event_type: d.event_type,
+            payload: d.payload,
+            extra_headers: d.extra_headers,
+        }
+    }
+}
+
+/// `[routing]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Topic template (`${aggregatetype}`, `${type}`); without placeholders
+    /// every record goes to that one topic.
+    pub topic: String,
+    /// Take the topic from this column instead.
+    pub topic_column: Option<String>,
+    /// A NULL payload becomes a tombstone (null value) instead of an empty value.
+    pub tombstone_on_null: bool,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            topic: "outbox.event.${aggregatetype}".into(),
+            topic_column: None,
+            tombstone_on_null: false,
+        }
+    }
+}
+
+/// What to do with a record that can never be delivered.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PermanentErrorPolicy {
+    /// Stop: nothing past it is acknowledged; exit non-zero naming the event.
+    #[default]
+    Stop,
+    /// Publish it to the dead-letter topic with the error, then go on.
+    DeadLetter,
+}
+
+/// `[kafka]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSection {
+    /// Bootstrap servers (shorthand for `properties."bootstrap.servers"`).
+    pub brokers: Option<String>,
+    /// `stop` or `dead-letter`.
+    pub on_permanent_error: PermanentErrorPolicy,
+    /// The dead-letter topic.
+    pub dead_letter_topic: String,
+    /// How long a shutdown waits for outstanding deliveries, in milliseconds.
+    pub drain_timeout_ms: u64,
+    /// librdkafka properties passed through (TLS, SASL, compression, linger,
+    /// batch size, queue limits, …); unsafe overrides are refused.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSection {
+    fn default() -> Self {
+        KafkaSection {
+            brokers: None,
+            on_permanent_error: PermanentErrorPolicy::Stop,
+            dead_letter_topic: "outboxd.dlq".into(),
+            drain_timeout_ms: 30_000,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[checkpoint]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// The checkpoint file.
+    pub path: PathBuf,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            path: PathBuf::from("outboxd.checkpoint"),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter (`info`, `outboxd=debug,info`, …); `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// The environment variables read, each overriding one key.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("OUTBOXD_POSTGRES_URL", "postgres.url"),
+    ("OUTBOXD_POSTGRES_PASSWORD_FILE", "postgres.password_file"),
+    ("OUTBOXD_POSTGRES_SLOT", "postgres.slot"),
+    ("OUTBOXD_POSTGRES_PUBLICATION", "postgres.publication"),
+    ("OUTBOXD_POSTGRES_TABLES", "postgres.tables (comma-separated)"),
+    ("OUTBOXD_KAFKA_BROKERS", "kafka.brokers"),
+    ("OUTBOXD_KAFKA_ON_PERMANENT_ERROR", "kafka.on_permanent_error"),
+    ("OUTBOXD_KAFKA_DEAD_LETTER_TOPIC", "kafka.dead_letter_topic"),
+    ("OUTBOXD_CHECKPOINT_PATH", "checkpoint.path"),
+    ("OUTBOXD_LOG_FORMAT", "log.format"),
+    ("OUTBOXD_LOG_LEVEL", "log.level"),
+];
+
+impl Config {
+    /// Reads `path` (if given), then applies `env` (`OUTBOXD_*` pairs).
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Self> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the config file {}", path.display()))?;
+                Self::from_toml(&text).with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(env)?;
+        Ok(config)
+    }
+
+    /// Parses TOML (unknown keys are errors).
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        Ok(toml::from_str(text)?)
+    }
+
+    fn apply_env(&mut self, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<()> {
+        for (name, value) in env {
+            if !name.starts_with("OUTBOXD_") {
+                continue;
+            }
+            match name.as_str() {
+                "OUTBOXD_POSTGRES_URL" => self.postgres.url = value,
+                "OUTBOXD_POSTGRES_PASSWORD_FILE" => self.postgres.password_file = Some(value.into()),
+                "OUTBOXD_POSTGRES_SLOT" => self.postgres.slot = value,
+                "OUTBOXD_POSTGRES_PUBLICATION" => self.postgres.publication = value,
+                "OUTBOXD_POSTGRES_TABLES" => {
+                    self.postgres.tables = value
+                        .split(',')
+                        .map(|t| t.trim().to_owned())
+                        .filter(|t| !t.is_empty())
+                        .collect()
+                }
+                "OUTBOXD_KAFKA_BROKERS" => self.kafka.brokers = Some(value),
+                "OUTBOXD_KAFKA_ON_PERMANENT_ERROR" => {
+                    self.kafka.on_permanent_error = match value.as_str() {
+                        "stop" => PermanentErrorPolicy::Stop,
+                        "dead-letter" => PermanentErrorPolicy::DeadLetter,
+                        other => {
+                            bail!("OUTBOXD_KAFKA_ON_PERMANENT_ERROR={other:?}: expected stop or dead-letter")
+                        }
+                    }
+                }
+                "OUTBOXD_KAFKA_DEAD_LETTER_TOPIC" => self.kafka.dead_letter_topic = value,
+                "OUTBOXD_CHECKPOINT_PATH" => self.checkpoint.path = value.into(),
+                "OUTBOXD_LOG_FORMAT" => {
+                    self.log.format = match value.as_str() {
+                        "text" => LogFormat::Text,
+                        "json" => LogFormat::Json,
+                        other => bail!("OUTBOXD_LOG_FORMAT={other:?}: expected text or json"),
+                    }
+                }
+                "OUTBOXD_LOG_LEVEL" => self.log.level = value,
+                other => {
+                    let known: Vec<&str> = ENV_VARS.iter().map(|(n, _)| *n).collect();
+                    bail!(
+                        "unknown environment variable {other}; outboxd reads {}",
+                        known.join(", ")
+                    )
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The replication connection settings (URL parsed, password file read).
+    pub fn replication(&self) -> anyhow::Result<ReplicationConfig> {
+        let mut connection: ReplicationConfig = self
+            .postgres
+            .url
+            .parse()
+            .context("postgres.url is not a valid connection string")?;
+        if let Some(path) = &self.postgres.password_file {
+            let password = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read postgres.password_file {}", path.display()))?;
+            connection.set_password(password.trim_end_matches(['\n', '\r']));
+        }
+        Ok(connection)
+    }
+
+    /// The outbox tables as `(schema, name)`.
+    pub fn tables(&self) -> anyhow::Result<Vec<OutboxTable>> {
+        if self.postgres.tables.is_empty() && self.postgres.message_prefix.is_none() {
+            bail!(
+                "postgres.tables is empty and no postgres.message_prefix is set: there is nothing to stream"
+            );
+        }
+        self.postgres
+            .tables
+            .iter()
+            .map(|t| match t.split_once('.') {
+                Some((schema, name)) if !schema.is_empty() && !name.is_empty() && !name.contains('.') => {
+                    Ok(OutboxTable::new(schema, name))
+                }
+                None if !t.is_empty() => Ok(OutboxTable::new("public", t.as_str())),
+                _ => bail!("postgres.tables entry {t:?} is not `schema.table` or `table`"),
+            })
+            .collect()
+    }
+
+    /// The stream settings.
+    pub fn stream(&self) -> anyhow::Result<StreamConfig> {
+        let mut stream = StreamConfig::new(
+            self.replication()?,
+            &self.postgres.slot,
+            &self.postgres.publication,
+        );
+        stream.tables = self.tables()?;
+        stream.message_prefix = self.postgres.message_prefix.clone();
+        stream.status_interval = Duration::from_millis(self.postgres.status_interval_ms.max(10));
+        Ok(stream)
+    }
+
+    /// The column mapping.
+    pub fn mapping(&self) -> ColumnMapping {
+        let o = &self.outbox;
+        ColumnMapping {
+            id: o.id.clone(),
+            aggregate_type: o.aggregate_type.clone(),
+            aggregate_id: o.aggregate_id.clone(),
+            event_type: o.event_type.clone(),
+            payload: o.payload.clone(),
+            extra_headers: o.extra_headers.clone(),
+            topic: self.routing.topic_column.clone(),
+        }
+    }
+
+    /// The routing rules.
+    pub fn routing(&self) -> anyhow::Result<Routing> {
+        let rule = if self.routing.topic_column.is_some() {
+            TopicRule::Column
+        } else if self.routing.topic.contains("${") {
+            TopicRule::Template(self.routing.topic.clone())
+        } else {
+            TopicRule::Fixed(self.routing.topic.clone())
+        };
+        Ok(Routing::new(rule, self.routing.tombstone_on_null)?)
+    }
+
+    /// The checked producer settings.
+    pub fn kafka(&self) -> anyhow::Result<KafkaConfig> {
+        let mut properties = self.kafka.properties.clone();
+        if let Some(brokers) = &self.kafka.brokers {
+            properties.insert("bootstrap.servers".into(), brokers.clone());
+        }
+        Ok(KafkaConfig::new(properties)?)
+    }
+
+    /// Checks everything that can be checked without connecting.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.replication()?;
+        self.tables()?;
+        self.routing()?;
+        self.kafka()?;
+        if self.kafka.on_permanent_error == PermanentErrorPolicy::DeadLetter
+            && self.kafka.dead_letter_topic.is_empty()
+        {
+            bail!("kafka.on_permanent_error = \"dead-letter\" needs kafka.dead_letter_topic");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_parses_and_equals_the_defaults_it_documents() {
+        let text = include_str!("../../../outboxd.example.toml");
+        let config = Config::from_toml(text).unwrap();
+        let mut expected = Config::default();
+        expected.postgres.url = "postgres://outboxd@localhost:5432/app".into();
+        expected.kafka.brokers = Some("localhost:9092".into());
+        expected.kafka.properties.insert("linger.ms".into(), "5".into());
+        expected
+            .kafka
+            .properties
+            .insert("compression.type".into(), "lz4".into());
+        assert_eq!(config, expected);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn passwords_never_appear_in_debug_output() {
+        let mut config = Config::default();
+        config.postgres.url = "postgres://u:hunter2@db:5432/app".into();
+        assert!(!format!("{config:?}").contains("hunter2"));
+        config.postgres.url = "host=db user=u password=hunter2 dbname=app".into();
+        assert!(!format!("{config:?}").contains("hunter2"));
+        assert_eq!(redact_url("postgres://u@db/app"), "postgres://u@db/app");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = Config::from_toml("[postgres]\nslott = \"x\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field `slott`"), "{err:#}");
+        let err = Config::from_toml("[kafak]\n").unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field `kafak`"), "{err:#}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_unknown_variables_are_errors() {
+        let env = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let mut config = Config::from_toml("[postgres]\nslot = \"from_file\"\n").unwrap();
+        config
+            .apply_env(env(&[
+                ("OUTBOXD_POSTGRES_SLOT", "from_env"),
+                ("OUTBOXD_KAFKA_BROKERS", "k:9092"),
+                ("OUTBOXD_KAFKA_ON_PERMANENT_ERROR", "dead-letter"),
+                ("OUTBOXD_POSTGRES_TABLES", "app.outbox, other"),
+                ("PATH", "/bin"),
+            ]))
+            .unwrap();
+        assert_eq!(config.postgres.slot, "from_env");
+        assert_eq!(config.kafka.on_permanent_error, PermanentErrorPolicy::DeadLetter);
+        assert_eq!(config.kafka().unwrap().get("bootstrap.servers"), Some("k:9092"));
+        assert_eq!(
+            config.tables().unwrap(),
+            vec![
+                OutboxTable::new("app", "outbox"),
+                OutboxTable::new("public", "other")
+            ]
+        );
+        let err = config
+            .apply_env(env(&[("OUTBOXD_POSTGRES_SLOTT", "x")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("OUTBOXD_POSTGRES_SLOTT"), "{err}");
+    }
+
+    #[test]
+    fn unsafe_kafka_overrides_are_refused() {
+        let config = Config::from_toml(
+            "[kafka]\nbrokers = \"k:9092\"\n[kafka.properties]\n\"enable.idempotence\" = \"false\"\n",
+        )
+        .unwrap();
+        let err = config.validate().unwrap_err();
+        assert!(
+            err.to_string().contains("enable.idempotence=false is refused"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn routing_rules_from_the_topic_setting() {
+        let fixed = Config::from_toml("[routing]\ntopic = \"events\"\n").unwrap();
+        assert_eq!(
+            fixed.routing().unwrap(),
+            Routing::new(TopicRule::Fixed("events".into()), false).unwrap()
+        );
+        let bad = Config::from_toml("[routing]\ntopic = \"x.${nope}\"\n").unwrap();
+        assert!(bad
+            .routing()
+            .unwrap_err()
+            .to_string()
+            .contains("unknown placeholder"));
+    }
+}

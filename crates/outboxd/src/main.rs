@@ -1,0 +1,158 @@
+//! The `outboxd` command line. See the README for the commands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use outboxd::config::{Config, LogFormat};
+use outboxd::demo::{demo, DemoOptions};
+use outboxd::run::{run, shutdown_signal};
+use outboxd::setup::setup;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "outboxd",
+    version,
+    about = "Streams transactional-outbox rows from PostgreSQL to Kafka"
+)]
+struct Cli {
+    /// The TOML config file (see outboxd.example.toml); OUTBOXD_* variables and flags override it.
+    #[arg(long, short, global = true, env = "OUTBOXD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Overrides postgres.url.
+    #[arg(long, global = true)]
+    postgres_url: Option<String>,
+    /// Overrides kafka.brokers.
+    #[arg(long, global = true)]
+    kafka_brokers: Option<String>,
+    /// Overrides log.format (text or json).
+    #[arg(long, global = true)]
+    log_format: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Stream the outbox to Kafka until SIGTERM/SIGINT.
+    Run,
+    /// Create the publication and the slot (and the outbox table with --create-table); idempotent.
+    Setup {
+        /// Also create missing outbox tables with the default columns.
+        #[arg(long)]
+        create_table: bool,
+    },
+    /// Everything in one process: a throwaway PostgreSQL, an in-process Kafka, a simulated shop.
+    Demo {
+        /// Stop after this many events (default: until Ctrl-C).
+        #[arg(long)]
+        events: Option<u64>,
+        /// Orders per second.
+        #[arg(long, default_value_t = 5.0)]
+        rate: f64,
+        /// Partitions of the demo topic.
+        #[arg(long, default_value_t = 3)]
+        partitions: i32,
+    },
+    /// Print the effective configuration (secrets redacted) and check it.
+    Config,
+}
+
+fn load(cli: &Cli) -> anyhow::Result<Config> {
+    let env = std::env::vars().filter(|(k, _)| k != "OUTBOXD_CONFIG");
+    let mut config = Config::load(cli.config.as_deref(), env)?;
+    if let Some(url) = &cli.postgres_url {
+        config.postgres.url = url.clone();
+    }
+    if let Some(brokers) = &cli.kafka_brokers {
+        config.kafka.brokers = Some(brokers.clone());
+    }
+    if let Some(format) = &cli.log_format {
+        config.log.format = match format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => anyhow::bail!("--log-format {other:?}: expected text or json"),
+        };
+    }
+    Ok(config)
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match load(&cli) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("outboxd: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if matches!(cli.command, Command::Demo { .. }) {
+        // The demo prints its own story; keep the logs to warnings.
+        let mut quiet = config.clone();
+        quiet.log.level = "warn".into();
+        init_logging(&quiet);
+    } else {
+        init_logging(&config);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("outboxd: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<()> = runtime.block_on(async {
+        match cli.command {
+            Command::Run => {
+                run(&config, shutdown_signal()).await?;
+                Ok(())
+            }
+            Command::Setup { create_table } => {
+                for line in setup(&config, create_table).await? {
+                    println!("{line}");
+                }
+                Ok(())
+            }
+            Command::Demo {
+                events,
+                rate,
+                partitions,
+            } => {
+                demo(DemoOptions {
+                    events,
+                    rate,
+                    partitions,
+                })
+                .await
+            }
+            Command::Config => {
+                config.validate()?;
+                println!("{config:#?}");
+                println!("kafka properties (effective): {:#?}", config.kafka()?.redacted());
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("outboxd: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,516 @@
+//! The pipeline: replication stream → outbox events → records → sink, and
+//! delivery reports → `AckTracker` → acknowledgements to the slot.
+//!
+//! One task does everything that has an order: it reads events in commit
+//! order, sends each record to the sink before reading the next (a full
+//! producer queue therefore stops reading the slot), and applies delivery
+//! reports to the tracker. Only the tracker's confirmed position — the end of
+//! the longest prefix of transactions whose every record was acknowledged by
+//! the broker — is ever acknowledged to Postgres or written to the checkpoint.
+//!
+//! A record that can never be delivered is handled by the policy: `stop`
+//! (nothing past it is acknowledged; the run ends with an error naming the
+//! event) or `dead-letter` (the record goes to the dead-letter topic with the
+//! error in its headers; its transaction counts as delivered when that
+//! record is).
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use outbox_core::{
+    header, AckTracker, ColumnLookup, ColumnMapping, Delivery, DeliveryError, ErrorClass, Lsn, Position,
+    Record, Routing, Sink, TxSeq,
+};
+use pg_replication::{AckHandle, ReplicationEvent, ReplicationStream};
+use pgoutput::ColumnValue;
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use crate::checkpoint::CheckpointStore;
+use crate::config::PermanentErrorPolicy;
+
+/// Header with the error of a dead-lettered record.
+pub const DLQ_ERROR_HEADER: &str = "outboxd.error";
+/// Header with the topic the dead-lettered record was meant for.
+pub const DLQ_TOPIC_HEADER: &str = "outboxd.original_topic";
+
+/// How the pipeline behaves.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// Rows to events.
+    pub mapping: ColumnMapping,
+    /// Events to records.
+    pub routing: Routing,
+    /// Permanent-error policy.
+    pub policy: PermanentErrorPolicy,
+    /// Dead-letter topic.
+    pub dead_letter_topic: String,
+    /// How long shutdown waits for outstanding deliveries.
+    pub drain_timeout: Duration,
+    /// Minimum time between checkpoint writes while running (one is always
+    /// written at the end).
+    pub checkpoint_interval: Duration,
+    /// Name of the outbox table(s), for error messages.
+    pub tables: String,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Records handed to the sink.
+    pub sent: u64,
+    /// Records the broker acknowledged.
+    pub delivered: u64,
+    /// Records sent to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// The last acknowledged position.
+    pub confirmed: Lsn,
+}
+
+/// Why a run stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// A record could not be delivered and the policy is `stop`.
+    #[error(
+        "outbox event id={id} from {table} (commit LSN {commit_lsn}, index {index}) cannot be delivered: {error}; \
+         nothing from this transaction on was acknowledged (slot confirmed at {confirmed}). Fix the cause \
+         and restart, or set kafka.on_permanent_error = \"dead-letter\""
+    )]
+    Undeliverable {
+        /// The event id (or `?` if the row had none).
+        id: String,
+        /// The outbox table(s).
+        table: String,
+        /// Commit LSN of its transaction.
+        commit_lsn: Lsn,
+        /// Index in the transaction.
+        index: u64,
+        /// What went wrong.
+        error: String,
+        /// Where acknowledgements stopped.
+        confirmed: Lsn,
+    },
+    /// The sink is broken (fatal producer error).
+    #[error("the sink failed: {0}; nothing after {1} was acknowledged")]
+    Sink(DeliveryError, Lsn),
+    /// The replication stream failed.
+    #[error(transparent)]
+    Replication(#[from] pg_replication::ReplicationError),
+    /// The stream ended without being asked to.
+    #[error("the replication stream ended unexpectedly")]
+    StreamEnded,
+    /// Shutdown could not drain in time.
+    #[error("{0} records were still undelivered after the drain timeout; they will be re-sent on restart")]
+    DrainTimeout(usize),
+    /// Internal bookkeeping failed (a bug).
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// The checkpoint could not be written.
+    #[error(transparent)]
+    Checkpoint(anyhow::Error),
+}
+
+/// What a sink must also tell the pipeline.
+pub trait SinkStatus {
+    /// Records sent and not yet reported.
+    fn in_flight(&self) -> usize;
+}
+
+impl SinkStatus for sink_kafka::KafkaSink {
+    fn in_flight(&self) -> usize {
+        sink_kafka::KafkaSink::in_flight(self)
+    }
+}
+
+/// A record that failed for good, for the stop message.
+#[derive(Debug)]
+struct Failure {
+    id: String,
+    position: Position,
+    error: String,
+}
+
+/// The running pipeline.
+pub struct Pipeline<S> {
+    options: PipelineOptions,
+    sink: S,
+    deliveries: mpsc::UnboundedReceiver<Delivery>,
+    tracker: AckTracker,
+    ack: AckHandle,
+    checkpoint: Option<CheckpointStore>,
+    last_checkpoint: Instant,
+    checkpointed: Lsn,
+    acked: Lsn,
+    open: Option<(TxSeq, Lsn)>,
+    failure: Option<Failure>,
+    summary: Summary,
+}
+
+impl<S> std::fmt::Debug for Pipeline<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("summary", &self.summary)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Sink + SinkStatus> Pipeline<S> {
+    /// A pipeline starting at `start` (everything before it is delivered).
+    pub fn new(
+        options: PipelineOptions,
+        sink: S,
+        deliveries: mpsc::UnboundedReceiver<Delivery>,
+        ack: AckHandle,
+        start: Lsn,
+        checkpoint: Option<CheckpointStore>,
+    ) -> Self {
+        Pipeline {
+            options,
+            sink,
+            deliveries,
+            tracker: AckTracker::new(start),
+            ack,
+            checkpoint,
+            last_checkpoint: Instant::now(),
+            checkpointed: start,
+            acked: start,
+            open: None,
+            failure: None,
+            summary: Summary {
+                confirmed: start,
+                ..Summary::default()
+            },
+        }
+    }
+
+    /// Runs until `shutdown` resolves (then drains and returns the summary)
+    /// or a definite error. The stream is shut down either way, after the
+    /// final acknowledgement.
+    pub async fn run(
+        mut self,
+        mut stream: ReplicationStream,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<Summary, PipelineError> {
+        let result = self.stream_until(&mut stream, shutdown).await;
+        // Whatever happened, deliver what can be delivered and acknowledge it.
+        let drained = self.drain().await;
+        self.acknowledge(true)?;
+        if let Err(err) = stream.shutdown().await {
+            warn!(error = %err, "replication stream did not shut down cleanly");
+        }
+        result?;
+        drained?;
+        if let Some(failure) = self.failure.take() {
+            return Err(self.undeliverable(failure));
+        }
+        info!(confirmed = %self.summary.confirmed, sent = self.summary.sent, delivered = self.summary.delivered,
+              dead_lettered = self.summary.dead_lettered, "stopped");
+        Ok(self.summary)
+    }
+
+    async fn stream_until(
+        &mut self,
+        stream: &mut ReplicationStream,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), PipelineError> {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            if self.failure.is_some() {
+                // Stop reading; what is in flight is drained by the caller.
+                return Ok(());
+            }
+            tokio::select! {
+                biased;
+                () = &mut shutdown => {
+                    info!("shutdown requested: stop reading, drain deliveries");
+                    return Ok(());
+                }
+                Some(delivery) = self.deliveries.recv() => self.on_delivery(delivery).await?,
+                event = stream.next() => match event {
+                    Some(Ok(event)) => self.on_event(event).await?,
+                    Some(Err(err)) => return Err(err.into()),
+                    None => return Err(PipelineError::StreamEnded),
+                },
+                _ = tick.tick() => {}
+            }
+            self.acknowledge(false)?;
+        }
+    }
+
+    async fn on_event(&mut self, event: ReplicationEvent) -> Result<(), PipelineError> {
+        match event {
+            ReplicationEvent::Begin(begin) => {
+                let seq = self.tracker.begin();
+                self.open = Some((seq, begin.commit_lsn));
+            }
+            ReplicationEvent::Insert(insert) => {
+                let (seq, _) = self.open_tx()?;
+                let position = Position {
+                    commit_lsn: insert.commit_lsn,
+                    index: insert.index,
+                };
+                let table = format!("{}.{}", insert.relation.namespace, insert.relation.name);
+                let lookup = |name: &str| match insert.column(name) {
+                    None => ColumnLookup::Missing,
+                    Some(ColumnValue::Null) => ColumnLookup::Null,
+                    Some(ColumnValue::Text(b)) | Some(ColumnValue::Binary(b)) => {
+                        ColumnLookup::Value(b.clone())
+                    }
+                    // Inserts carry every value; treat the impossible as absent.
+                    Some(ColumnValue::UnchangedToast) => ColumnLookup::Missing,
+                };
+                let id_hint = insert
+                    .column(&self.options.mapping.id)
+                    .and_then(|v| v.as_text())
+                    .map(str::to_owned);
+                self.publish(seq, position, lookup, id_hint, &table).await?;
+            }
+            ReplicationEvent::Message(message) => {
+                let (seq, _) = self.open_tx()?;
+                let position = Position {
+                    commit_lsn: message.commit_lsn,
+                    index: message.index,
+                };
+                let envelope: Result<serde_json::Map<String, serde_json::Value>, _> =
+                    serde_json::from_slice(&message.content);
+                let source = format!("logical message {:?}", message.prefix);
+                match envelope {
+                    Ok(object) => {
+                        let lookup = |name: &str| match object.get(name) {
+                            None => ColumnLookup::Missing,
+                            Some(serde_json::Value::Null) => ColumnLookup::Null,
+                            Some(serde_json::Value::String(s)) => ColumnLookup::Value(Bytes::from(s.clone())),
+                            Some(other) => ColumnLookup::Value(Bytes::from(other.to_string())),
+                        };
+                        let id_hint = object
+                            .get(&self.options.mapping.id)
+                            .and_then(|v| v.as_str())
+                            .map(str::to_owned);
+                        self.publish(seq, position, lookup, id_hint, &source).await?;
+                    }
+                    Err(err) => {
+                        let error = format!("the {source} is not a JSON object: {err}");
+                        self.tracker.record(seq).map_err(internal)?;
+                        self.permanent(seq, None, "?".into(), position, error).await?;
+                    }
+                }
+            }
+            ReplicationEvent::Commit(commit) => {
+                let (seq, _) = self.open_tx()?;
+                self.tracker.commit(seq, commit.end_lsn).map_err(internal)?;
+                self.open = None;
+            }
+            other => debug!(?other, "event ignored"),
+        }
+        Ok(())
+    }
+
+    fn open_tx(&self) -> Result<(TxSeq, Lsn), PipelineError> {
+        self.open
+            .ok_or_else(|| PipelineError::Internal("an event outside a transaction".into()))
+    }
+
+    async fn publish(
+        &mut self,
+        seq: TxSeq,
+        position: Position,
+        lookup: impl Fn(&str) -> ColumnLookup,
+        id_hint: Option<String>,
+        source: &str,
+    ) -> Result<(), PipelineError> {
+        self.tracker.record(seq).map_err(internal)?;
+        let record = self
+            .options
+            .mapping
+            .event_from_row(position, lookup)
+            .map_err(|e| format!("{source}: {e}"))
+            .and_then(|event| {
+                self.options
+                    .routing
+                    .route(&event, None)
+                    .map_err(|e| format!("{source}: {e}"))
+            });
+        match record {
+            Ok(record) => {
+                self.summary.sent += 1;
+                self.sink
+                    .send(record, seq)
+                    .await
+                    .map_err(|e| PipelineError::Sink(e, self.tracker.confirmed()))
+            }
+            Err(error) => {
+                let id = id_hint.unwrap_or_else(|| "?".into());
+                self.permanent(seq, None, id, position, error).await
+            }
+        }
+    }
+
+    async fn on_delivery(&mut self, delivery: Delivery) -> Result<(), PipelineError> {
+        match delivery.result {
+            Ok(()) => {
+                self.summary.delivered += 1;
+                self.tracker.delivered(delivery.tx).map_err(internal)
+            }
+            Err(err) => match err.class {
+                ErrorClass::Fatal => {
+                    self.tracker.failed(delivery.tx).map_err(internal)?;
+                    Err(PipelineError::Sink(err, self.tracker.confirmed()))
+                }
+                ErrorClass::Permanent | ErrorClass::Retriable => {
+                    let position = delivery
+                        .returned
+                        .as_ref()
+                        .map(|r| r.position)
+                        .unwrap_or(Position {
+                            commit_lsn: Lsn::ZERO,
+                            index: 0,
+                        });
+                    let dead_letter_failed = delivery
+                        .returned
+                        .as_ref()
+                        .is_some_and(|r| r.topic == self.options.dead_letter_topic);
+                    let returned = if err.class == ErrorClass::Permanent && !dead_letter_failed {
+                        delivery.returned
+                    } else {
+                        None
+                    };
+                    let message = if dead_letter_failed {
+                        format!("dead-lettering failed too: {}", err.message)
+                    } else {
+                        err.message
+                    };
+                    self.permanent(delivery.tx, returned, delivery.id, position, message)
+                        .await
+                }
+            },
+        }
+    }
+
+    /// A record that will never be delivered as it is: dead-letter it, or stop.
+    async fn permanent(
+        &mut self,
+        seq: TxSeq,
+        returned: Option<Record>,
+        id: String,
+        position: Position,
+        error: String,
+    ) -> Result<(), PipelineError> {
+        if self.options.policy == PermanentErrorPolicy::DeadLetter && self.failure.is_none() {
+            let dead = dead_letter(&self.options.dead_letter_topic, returned, &id, position, &error);
+            warn!(id = %id, lsn = %position.commit_lsn, index = position.index, error = %error,
+                  topic = %self.options.dead_letter_topic, "record dead-lettered");
+            self.summary.dead_lettered += 1;
+            return self
+                .sink
+                .send(dead, seq)
+                .await
+                .map_err(|e| PipelineError::Sink(e, self.tracker.confirmed()));
+        }
+        error!(id = %id, lsn = %position.commit_lsn, index = position.index, error = %error,
+               "record cannot be delivered; stopping");
+        self.tracker.failed(seq).map_err(internal)?;
+        if self.failure.is_none() {
+            self.failure = Some(Failure { id, position, error });
+        }
+        Ok(())
+    }
+
+    fn undeliverable(&self, failure: Failure) -> PipelineError {
+        PipelineError::Undeliverable {
+            id: failure.id,
+            table: self.options.tables.clone(),
+            commit_lsn: failure.position.commit_lsn,
+            index: failure.position.index,
+            error: failure.error,
+            confirmed: self.summary.confirmed,
+        }
+    }
+
+    /// Waits for outstanding deliveries (up to the drain timeout).
+    async fn drain(&mut self) -> Result<(), PipelineError> {
+        let deadline = tokio::time::Instant::now() + self.options.drain_timeout;
+        loop {
+            while let Ok(delivery) = self.deliveries.try_recv() {
+                self.on_delivery(delivery).await?;
+            }
+            if self.sink.in_flight() == 0 {
+                // Reports are sent before librdkafka's count drops: take the last ones.
+                while let Ok(delivery) = self.deliveries.try_recv() {
+                    self.on_delivery(delivery).await?;
+                }
+                if self.sink.in_flight() == 0 {
+                    return Ok(());
+                }
+            }
+            match tokio::time::timeout_at(deadline, self.deliveries.recv()).await {
+                Ok(Some(delivery)) => self.on_delivery(delivery).await?,
+                Ok(None) => return Ok(()),
+                Err(_) => return Err(PipelineError::DrainTimeout(self.sink.in_flight())),
+            }
+        }
+    }
+
+    /// Acknowledges the tracker's confirmed position; writes the checkpoint
+    /// now and then (always when `last`).
+    fn acknowledge(&mut self, last: bool) -> Result<(), PipelineError> {
+        let confirmed = self.tracker.confirmed();
+        if confirmed > self.acked {
+            self.ack.ack(confirmed);
+            self.acked = confirmed;
+            self.summary.confirmed = confirmed;
+        }
+        let due = last || self.last_checkpoint.elapsed() >= self.options.checkpoint_interval;
+        if due && self.acked > self.checkpointed {
+            if let Some(store) = &self.checkpoint {
+                store.store(self.acked).map_err(PipelineError::Checkpoint)?;
+            }
+            self.checkpointed = self.acked;
+            self.last_checkpoint = Instant::now();
+        }
+        Ok(())
+    }
+}
+
+fn internal(err: outbox_core::AckError) -> PipelineError {
+    PipelineError::Internal(err.to_string())
+}
+
+/// The dead-letter record: the original key, value and headers when we have
+/// them, plus the error. A record refused for its size keeps no value (it
+/// would be refused again); the payload is still in the outbox table.
+fn dead_letter(topic: &str, original: Option<Record>, id: &str, position: Position, error: &str) -> Record {
+    let mut headers = Vec::new();
+    let (key, value, original_topic) = match original {
+        Some(record) => {
+            headers = record.headers;
+            let too_large = error.contains("too large") || error.contains("MessageSizeTooLarge");
+            (
+                record.key,
+                if too_large { None } else { record.value },
+                record.topic,
+            )
+        }
+        None => {
+            headers.push((header::ID.to_owned(), Bytes::from(id.to_owned())));
+            headers.push((
+                header::LSN.to_owned(),
+                Bytes::from(position.commit_lsn.to_string()),
+            ));
+            headers.push((header::INDEX.to_owned(), Bytes::from(position.index.to_string())));
+            (Bytes::new(), None, String::new())
+        }
+    };
+    headers.push((DLQ_ERROR_HEADER.to_owned(), Bytes::from(error.to_owned())));
+    headers.push((DLQ_TOPIC_HEADER.to_owned(), Bytes::from(original_topic)));
+    Record {
+        topic: topic.to_owned(),
+        key,
+        value,
+        headers,
+        id: id.to_owned(),
+        position,
+    }
+}

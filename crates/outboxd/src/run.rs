@@ -1,0 +1,92 @@
+//! `outboxd run`: the service.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+use pg_replication::ReplicationStream;
+use pgoutput::Lsn;
+use sink_kafka::KafkaSink;
+use tokio::sync::mpsc;
+use tracing::info;
+
+use crate::checkpoint::CheckpointStore;
+use crate::config::Config;
+use crate::pipeline::{Pipeline, PipelineError, PipelineOptions, Summary};
+
+/// The pipeline options a configuration describes.
+pub fn pipeline_options(config: &Config) -> anyhow::Result<PipelineOptions> {
+    Ok(PipelineOptions {
+        mapping: config.mapping(),
+        routing: config.routing()?,
+        policy: config.kafka.on_permanent_error,
+        dead_letter_topic: config.kafka.dead_letter_topic.clone(),
+        drain_timeout: Duration::from_millis(config.kafka.drain_timeout_ms),
+        checkpoint_interval: Duration::from_secs(1),
+        tables: config.postgres.tables.join(", "),
+    })
+}
+
+/// Runs until `shutdown` resolves or a definite error. Setup problems (slot,
+/// publication, wal_level, credentials, unsafe Kafka settings) are reported
+/// before anything is streamed.
+pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Result<Summary, RunError> {
+    config.validate().map_err(RunError::Setup)?;
+    let options = pipeline_options(config).map_err(RunError::Setup)?;
+    let kafka = config.kafka().map_err(RunError::Setup)?;
+    let checkpoint = CheckpointStore::new(&config.checkpoint.path);
+    let saved = checkpoint.load().map_err(RunError::Setup)?;
+    let mut stream_config = config.stream().map_err(RunError::Setup)?;
+    let start = saved.unwrap_or(Lsn::ZERO);
+    stream_config.skip_through = start;
+
+    let (deliveries_tx, deliveries) = mpsc::unbounded_channel();
+    let sink = KafkaSink::new(&kafka, deliveries_tx)
+        .context("cannot create the Kafka producer")
+        .map_err(RunError::Setup)?;
+    let stream = ReplicationStream::start(stream_config)
+        .await
+        .map_err(|e| RunError::Pipeline(e.into()))?;
+    info!(slot = %config.postgres.slot, publication = %config.postgres.publication,
+          checkpoint = %start, tables = %config.postgres.tables.join(","), "streaming");
+    let pipeline = Pipeline::new(
+        options,
+        sink,
+        deliveries,
+        stream.ack_handle(),
+        start,
+        Some(checkpoint),
+    );
+    pipeline.run(stream, shutdown).await.map_err(RunError::Pipeline)
+}
+
+/// Why `run` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Configuration or setup is wrong; nothing was streamed.
+    #[error("{0:#}")]
+    Setup(anyhow::Error),
+    /// The pipeline stopped.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

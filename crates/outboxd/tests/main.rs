@@ -1,0 +1,4 @@
+//! outboxd end to end: a throwaway PostgreSQL, librdkafka's mock cluster, the
+//! pipeline in process or the `outboxd` binary as a child process.
+
+mod support;
