@@ -76,7 +76,10 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<()> {
     for line in setup(&config, true).await? {
         println!("setup      {line}");
     }
-    println!("\n{:<10} {:>4} {:<14} {:>12} {:>6}  id", "key", "part", "type", "lsn", "index");
+    println!(
+        "\n{:<10} {:>4} {:<14} {:>12} {:>6}  id",
+        "key", "part", "type", "lsn", "index"
+    );
 
     // Stop on Ctrl-C, or when --events have been inserted and delivered.
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -1,0 +1,333 @@
+//! Issue-level guarantees, end to end: every committed outbox row reaches
+//! Kafka keyed by its aggregate, in order per aggregate, and the slot is
+//! acknowledged only for what the broker acknowledged — through a broker
+//! outage, `kill -9`, SIGTERM and undeliverable records.
+
+use std::time::Duration;
+
+use futures_like::join_all;
+use pgoutput::Lsn;
+
+use crate::support::*;
+
+/// Minimal `join_all` for a handful of spawned writers.
+mod futures_like {
+    pub(crate) async fn join_all<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+        let mut out = Vec::with_capacity(handles.len());
+        for h in handles {
+            out.push(h.await.unwrap());
+        }
+        out
+    }
+}
+
+/// Starts `writers` concurrent application connections, each writing
+/// `per_writer` single-event transactions over its own aggregates.
+fn spawn_writers(
+    env: &Env,
+    writers: u64,
+    per_writer: u64,
+    aggregates_per_writer: u64,
+    pause: Duration,
+) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
+    (0..writers)
+        .map(|w| {
+            let pg = env.pg.config("postgres", "postgres");
+            tokio::spawn(async move { writer(pg, w, per_writer, 1, aggregates_per_writer, pause).await })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_events_from_eight_connections_arrive_once_in_order_on_javas_partitions() {
+    let env = Env::start("");
+    let mut outboxd = env.spawn();
+    outboxd.wait_for_log("streaming", Duration::from_secs(30));
+    // 8 connections x 1,250 events over 100 aggregates (12-13 per writer).
+    let written: Vec<String> = join_all(spawn_writers(&env, 8, 1250, 13, Duration::ZERO))
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(written.len(), 10_000);
+    let read = env.read(TOPIC, 10_000).await;
+    let f = figures(&written, &read);
+    assert_eq!((f.lost, f.order_violations, f.duplicates), (0, 0, 0));
+    let keys: std::collections::HashSet<&[u8]> = read.iter().map(|r| r.key.as_slice()).collect();
+    assert_eq!(keys.len(), 8 * 13);
+
+    outboxd.signal("TERM");
+    assert!(
+        outboxd.wait(Duration::from_secs(30)).success(),
+        "log:\n{}",
+        outboxd.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_for_ten_seconds_holds_the_slot_and_loses_nothing() {
+    let env = Env::start("");
+    let mut outboxd = env.spawn();
+    outboxd.wait_for_log("streaming", Duration::from_secs(30));
+    let writers = spawn_writers(&env, 4, 500, 10, Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    env.kafka.broker_down(1).unwrap();
+    // Records in flight at this moment cannot be delivered any more; let the
+    // acknowledgements of what was delivered before reach the slot.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let held = env.confirmed().await;
+    let mut samples = Vec::new();
+    for _ in 0..18 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        samples.push(env.confirmed().await);
+    }
+    env.kafka.broker_up(1).unwrap();
+    assert!(
+        samples.iter().all(|s| *s == held),
+        "slot moved while nothing could be delivered: {held} then {samples:?}"
+    );
+
+    let written: Vec<String> = join_all(writers).await.into_iter().flatten().collect();
+    let read = env.read(TOPIC, written.len()).await;
+    let f = figures(&written, &read);
+    assert_eq!((f.lost, f.order_violations), (0, 0));
+    assert_eq!(
+        f.duplicates, 0,
+        "librdkafka's idempotent retries must not duplicate"
+    );
+    // After recovery the slot catches up with everything.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let last_commit = read
+        .iter()
+        .map(|r| r.header("outboxd.lsn").unwrap().parse::<Lsn>().unwrap())
+        .max()
+        .unwrap();
+    while env.confirmed().await <= last_commit {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slot never caught up after the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    outboxd.signal("TERM");
+    assert!(
+        outboxd.wait(Duration::from_secs(30)).success(),
+        "log:\n{}",
+        outboxd.log()
+    );
+}
+
+/// After a SIGKILL: measures the unacknowledged window, restarts outboxd, and
+/// checks the figures.
+async fn restart_after_kill(env: &Env, written: Vec<String>) {
+    let confirmed_at_kill = env.confirmed().await;
+    // The unacknowledged window: records in Kafka whose transaction the slot had not confirmed.
+    let before = env.read(TOPIC, 0).await;
+    let window = before
+        .iter()
+        .filter(|r| r.header("outboxd.lsn").unwrap().parse::<Lsn>().unwrap() >= confirmed_at_kill)
+        .count();
+    eprintln!(
+        "killed with {} records in kafka, {window} of them past the slot's {confirmed_at_kill}",
+        before.len()
+    );
+
+    let mut outboxd = env.spawn();
+    let read = env.read(TOPIC, written.len()).await;
+    let f = figures(&written, &read);
+    assert_eq!(f.lost, 0);
+    assert_eq!(f.order_violations, 0);
+    assert!(
+        f.duplicates <= window,
+        "{} duplicates but only {window} records were unacknowledged",
+        f.duplicates
+    );
+    outboxd.signal("TERM");
+    assert!(
+        outboxd.wait(Duration::from_secs(30)).success(),
+        "log:\n{}",
+        outboxd.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_then_restart_loses_nothing() {
+    let env = Env::start("");
+    let mut outboxd = env.spawn();
+    outboxd.wait_for_log("streaming", Duration::from_secs(30));
+    let writers = spawn_writers(&env, 4, 750, 10, Duration::from_millis(2));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Kill mid-load; the writers keep going while outboxd is down.
+    outboxd.kill9();
+    let written: Vec<String> = join_all(writers).await.into_iter().flatten().collect();
+    restart_after_kill(&env, written).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_inside_a_large_transaction_then_restart_loses_nothing() {
+    // A small producer queue and a slow broker (100 ms per request) make the
+    // large transaction take seconds to deliver, so the kill lands inside it.
+    let env = Env::start("[kafka.properties]\n\"queue.buffering.max.messages\" = \"500\"\n");
+    let mut outboxd = env.spawn();
+    outboxd.wait_for_log("streaming", Duration::from_secs(30));
+    let pg = || env.pg.config("postgres", "postgres");
+    let mut written = writer(pg(), 100, 100, 1, 5, Duration::ZERO).await;
+    env.kafka
+        .broker_round_trip_time(1, Duration::from_millis(100))
+        .unwrap();
+    // One transaction of 40,000 events.
+    written.extend(writer(pg(), 101, 1, 40_000, 20, Duration::ZERO).await);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    outboxd.kill9();
+    env.kafka.broker_round_trip_time(1, Duration::ZERO).unwrap();
+    let partial = env.read(TOPIC, 0).await.len();
+    assert!(
+        partial > 100 && partial < 40_100,
+        "the kill must land inside the large transaction ({partial} of 40,100 records were in Kafka)"
+    );
+    restart_after_kill(&env, written).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_acks_exactly_what_was_delivered_and_a_restart_resends_nothing() {
+    let env = Env::start("");
+    let mut outboxd = env.spawn();
+    outboxd.wait_for_log("streaming", Duration::from_secs(30));
+    let writers = spawn_writers(&env, 4, 500, 10, Duration::from_millis(5));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    outboxd.signal("TERM");
+    let status = outboxd.wait(Duration::from_secs(30));
+    assert!(status.success(), "exit {status}; log:\n{}", outboxd.log());
+    let written: Vec<String> = join_all(writers).await.into_iter().flatten().collect();
+
+    // The slot and the checkpoint both name the last delivered transaction's end.
+    let checkpoint = std::fs::read_to_string(env.checkpoint_path()).unwrap();
+    let delivered: Lsn = checkpoint
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim_start_matches("delivered_end_lsn = ")
+        .parse()
+        .unwrap();
+    assert_eq!(env.confirmed().await, delivered, "slot vs checkpoint");
+    let in_kafka = env.read(TOPIC, 0).await;
+    assert!(!in_kafka.is_empty());
+    // Everything in Kafka committed before the acknowledged end; nothing after it was acknowledged.
+    let max_commit = in_kafka
+        .iter()
+        .map(|r| r.header("outboxd.lsn").unwrap().parse::<Lsn>().unwrap())
+        .max()
+        .unwrap();
+    assert!(
+        max_commit < delivered,
+        "a delivered transaction ({max_commit}) is not covered by the ack {delivered}"
+    );
+
+    // Restart: nothing already in Kafka is sent again, the rest follows.
+    let mut outboxd = env.spawn();
+    let read = env.read(TOPIC, written.len()).await;
+    let f = figures(&written, &read);
+    assert_eq!((f.lost, f.order_violations, f.duplicates), (0, 0, 0));
+    outboxd.signal("TERM");
+    assert!(
+        outboxd.wait(Duration::from_secs(30)).success(),
+        "log:\n{}",
+        outboxd.log()
+    );
+}
+
+/// Inserts three events, the middle one with a payload above the producer's
+/// (and broker's) limit.
+async fn insert_with_a_huge_middle(env: &Env) -> Vec<String> {
+    let client = env.pg.connect().await.unwrap();
+    let ids: Vec<String> = (0..3).map(|n| event_id(7, n)).collect();
+    for (n, id) in ids.iter().enumerate() {
+        let pad = if n == 1 { 300_000 } else { 10 };
+        client
+            .batch_execute(&format!(
+                "insert into outbox (id, aggregatetype, aggregateid, type, payload) values \
+                 ('{id}', 'order', 'agg-7-0', 'OrderChanged', jsonb_build_object('seq', {n}, 'pad', repeat('x', {pad})))"
+            ))
+            .await
+            .unwrap();
+    }
+    ids
+}
+
+const SMALL_LIMIT: &str = "[kafka.properties]\n\"message.max.bytes\" = \"100000\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_large_record_with_stop_exits_non_zero_naming_it_and_holds_the_slot() {
+    let env = Env::start(SMALL_LIMIT);
+    let mut outboxd = env.spawn();
+    outboxd.wait_for_log("streaming", Duration::from_secs(30));
+    let before = env.confirmed().await;
+    let ids = insert_with_a_huge_middle(&env).await;
+    let status = outboxd.wait(Duration::from_secs(60));
+    let log = outboxd.log();
+    assert!(!status.success(), "must exit non-zero; log:\n{log}");
+    assert!(
+        log.contains(&format!("id={}", ids[1])) && log.contains("commit LSN"),
+        "log:\n{log}"
+    );
+    assert!(log.contains("public.outbox"), "names the table; log:\n{log}");
+    // Only the first event's transaction may be acknowledged.
+    let read = env.read(TOPIC, 1).await;
+    assert_eq!(
+        read.iter().map(|r| r.header("id").unwrap()).collect::<Vec<_>>(),
+        [ids[0].as_str()]
+    );
+    let failed_commit: Lsn = log
+        .split("commit LSN ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let confirmed = env.confirmed().await;
+    assert!(
+        confirmed > before && confirmed <= failed_commit,
+        "slot at {confirmed}, failed commit {failed_commit}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_large_record_with_dead_letter_goes_to_the_dlq_and_later_events_flow() {
+    let env = Env::start(SMALL_LIMIT);
+    // The policy by environment variable this time.
+    let mut outboxd = env.spawn_with_env(&[("OUTBOXD_KAFKA_ON_PERMANENT_ERROR", "dead-letter")]);
+    outboxd.wait_for_log("streaming", Duration::from_secs(30));
+    let ids = insert_with_a_huge_middle(&env).await;
+    let read = env.read(TOPIC, 2).await;
+    assert_eq!(
+        read.iter().map(|r| r.header("id").unwrap()).collect::<Vec<_>>(),
+        [ids[0].as_str(), ids[2].as_str()]
+    );
+    let dlq = env.read("outboxd.dlq", 1).await;
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].header("id"), Some(ids[1].as_str()));
+    assert!(
+        dlq[0].header("outboxd.error").unwrap().contains("too large"),
+        "{:?}",
+        dlq[0].headers
+    );
+    assert_eq!(dlq[0].header("outboxd.original_topic"), Some(TOPIC));
+    assert_eq!(dlq[0].key_str(), "agg-7-0");
+    // Everything, the dead-lettered transaction included, is acknowledged.
+    let last: Lsn = read[1].header("outboxd.lsn").unwrap().parse().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while env.confirmed().await <= last {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slot not acknowledged past the DLQ'd event"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    outboxd.signal("TERM");
+    assert!(
+        outboxd.wait(Duration::from_secs(30)).success(),
+        "log:\n{}",
+        outboxd.log()
+    );
+}
