@@ -30,6 +30,27 @@ pub struct Config {
     pub checkpoint: CheckpointConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The admin HTTP server (metrics, health).
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of `/metrics`, `/healthz`, `/readyz`; empty to disable.
+    pub listen: String,
+    /// `/readyz` fails when replication or delivery has been stalled this long (milliseconds).
+    pub stall_threshold_ms: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:9187".into(),
+            stall_threshold_ms: 30_000,
+        }
+    }
 }
 
 /// `[postgres]`
@@ -264,6 +285,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("OUTBOXD_CHECKPOINT_PATH", "checkpoint.path"),
     ("OUTBOXD_LOG_FORMAT", "log.format"),
     ("OUTBOXD_LOG_LEVEL", "log.level"),
+    ("OUTBOXD_ADMIN_LISTEN", "admin.listen"),
 ];
 
 impl Config {
@@ -326,6 +348,7 @@ impl Config {
                     }
                 }
                 "OUTBOXD_LOG_LEVEL" => self.log.level = value,
+                "OUTBOXD_ADMIN_LISTEN" => self.admin.listen = value,
                 other => {
                     let known: Vec<&str> = ENV_VARS.iter().map(|(n, _)| *n).collect();
                     bail!(

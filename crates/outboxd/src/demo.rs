@@ -72,6 +72,7 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<()> {
     config.kafka.brokers = Some(brokers.clone());
     config.kafka.properties.insert("linger.ms".into(), "5".into());
     config.checkpoint.path = state_dir.join("checkpoint");
+    config.admin.listen = String::new();
 
     for line in setup(&config, true).await? {
         println!("setup      {line}");

@@ -7,9 +7,11 @@
 //! `setup`, `demo`). `main.rs` only parses flags, sets up logging and
 //! signals, and calls in here.
 
+pub mod admin;
 pub mod checkpoint;
 pub mod config;
 pub mod demo;
+pub mod metrics;
 pub mod pipeline;
 pub mod run;
 pub mod setup;

@@ -15,6 +15,7 @@
 //! record is).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -29,6 +30,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::checkpoint::CheckpointStore;
 use crate::config::PermanentErrorPolicy;
+use crate::metrics::Metrics;
 
 /// Header with the error of a dead-lettered record.
 pub const DLQ_ERROR_HEADER: &str = "outboxd.error";
@@ -146,6 +148,7 @@ pub struct Pipeline<S> {
     open: Option<(TxSeq, Lsn)>,
     failure: Option<Failure>,
     summary: Summary,
+    metrics: Arc<Metrics>,
 }
 
 impl<S> std::fmt::Debug for Pipeline<S> {
@@ -165,6 +168,7 @@ impl<S: Sink + SinkStatus> Pipeline<S> {
         ack: AckHandle,
         start: Lsn,
         checkpoint: Option<CheckpointStore>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Pipeline {
             options,
@@ -182,6 +186,7 @@ impl<S: Sink + SinkStatus> Pipeline<S> {
                 confirmed: start,
                 ..Summary::default()
             },
+            metrics,
         }
     }
 
@@ -301,6 +306,7 @@ impl<S: Sink + SinkStatus> Pipeline<S> {
             ReplicationEvent::Commit(commit) => {
                 let (seq, _) = self.open_tx()?;
                 self.tracker.commit(seq, commit.end_lsn).map_err(internal)?;
+                self.metrics.committed(commit.end_lsn, commit.commit_time);
                 self.open = None;
             }
             other => debug!(?other, "event ignored"),
@@ -336,6 +342,7 @@ impl<S: Sink + SinkStatus> Pipeline<S> {
         match record {
             Ok(record) => {
                 self.summary.sent += 1;
+                self.metrics.sent(&record.topic, record_bytes(&record));
                 self.sink
                     .send(record, seq)
                     .await
@@ -349,9 +356,13 @@ impl<S: Sink + SinkStatus> Pipeline<S> {
     }
 
     async fn on_delivery(&mut self, delivery: Delivery) -> Result<(), PipelineError> {
+        if let Err(err) = &delivery.result {
+            self.metrics.delivery_error(err.class);
+        }
         match delivery.result {
             Ok(()) => {
                 self.summary.delivered += 1;
+                self.metrics.delivered();
                 self.tracker.delivered(delivery.tx).map_err(internal)
             }
             Err(err) => match err.class {
@@ -403,6 +414,8 @@ impl<S: Sink + SinkStatus> Pipeline<S> {
             warn!(id = %id, lsn = %position.commit_lsn, index = position.index, error = %error,
                   topic = %self.options.dead_letter_topic, "record dead-lettered");
             self.summary.dead_lettered += 1;
+            self.metrics.dead_lettered();
+            self.metrics.sent(&dead.topic, record_bytes(&dead));
             return self
                 .sink
                 .send(dead, seq)
@@ -461,6 +474,7 @@ impl<S: Sink + SinkStatus> Pipeline<S> {
             self.ack.ack(confirmed);
             self.acked = confirmed;
             self.summary.confirmed = confirmed;
+            self.metrics.acked(confirmed);
         }
         let due = last || self.last_checkpoint.elapsed() >= self.options.checkpoint_interval;
         if due && self.acked > self.checkpointed {
@@ -472,6 +486,10 @@ impl<S: Sink + SinkStatus> Pipeline<S> {
         }
         Ok(())
     }
+}
+
+fn record_bytes(record: &Record) -> usize {
+    record.key.len() + record.value.as_ref().map_or(0, Bytes::len)
 }
 
 fn internal(err: outbox_core::AckError) -> PipelineError {

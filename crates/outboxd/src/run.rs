@@ -1,6 +1,7 @@
 //! `outboxd run`: the service.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,8 +11,10 @@ use sink_kafka::KafkaSink;
 use tokio::sync::mpsc;
 use tracing::info;
 
+use crate::admin;
 use crate::checkpoint::CheckpointStore;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineError, PipelineOptions, Summary};
 
 /// The pipeline options a configuration describes.
@@ -31,6 +34,15 @@ pub fn pipeline_options(config: &Config) -> anyhow::Result<PipelineOptions> {
 /// publication, wal_level, credentials, unsafe Kafka settings) are reported
 /// before anything is streamed.
 pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Result<Summary, RunError> {
+    run_with_metrics(config, Metrics::new(), shutdown).await
+}
+
+/// [`run`], reporting into `metrics` (and serving them if `admin.listen` is set).
+pub async fn run_with_metrics(
+    config: &Config,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Summary, RunError> {
     config.validate().map_err(RunError::Setup)?;
     let options = pipeline_options(config).map_err(RunError::Setup)?;
     let kafka = config.kafka().map_err(RunError::Setup)?;
@@ -47,6 +59,17 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Result<
     let stream = ReplicationStream::start(stream_config)
         .await
         .map_err(|e| RunError::Pipeline(e.into()))?;
+    metrics.attach_stream(stream.stats());
+    let admin = if config.admin.listen.is_empty() {
+        None
+    } else {
+        let threshold = Duration::from_millis(config.admin.stall_threshold_ms);
+        let (_, task) = admin::serve(&config.admin.listen, Arc::clone(&metrics), threshold)
+            .await
+            .map_err(RunError::Setup)?;
+        Some(task)
+    };
+    let housekeeping = tokio::spawn(housekeeping(config.clone(), Arc::clone(&metrics)));
     info!(slot = %config.postgres.slot, publication = %config.postgres.publication,
           checkpoint = %start, tables = %config.postgres.tables.join(","), "streaming");
     let pipeline = Pipeline::new(
@@ -56,8 +79,47 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Result<
         stream.ack_handle(),
         start,
         Some(checkpoint),
+        Arc::clone(&metrics),
     );
-    pipeline.run(stream, shutdown).await.map_err(RunError::Pipeline)
+    let result = pipeline.run(stream, shutdown).await.map_err(RunError::Pipeline);
+    housekeeping.abort();
+    if let Some(admin) = admin {
+        admin.abort();
+    }
+    result
+}
+
+/// Once a second: metrics that are sampled rather than counted. Every ten
+/// seconds: the WAL the slot retains on the server.
+async fn housekeeping(config: Config, metrics: Arc<Metrics>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut client = None;
+    for n in 0u64.. {
+        tick.tick().await;
+        metrics.tick();
+        if n % 10 != 0 {
+            continue;
+        }
+        if client.is_none() {
+            client = match config.replication() {
+                Ok(c) => c.connect_catalog().await.ok(),
+                Err(_) => None,
+            };
+        }
+        if let Some(c) = &client {
+            let retained = c
+                .query_opt(
+                    "select (pg_current_wal_lsn() - restart_lsn)::bigint from pg_replication_slots where slot_name = $1",
+                    &[&config.postgres.slot],
+                )
+                .await;
+            match retained {
+                Ok(Some(row)) => metrics.slot_retained(row.get::<_, Option<i64>>(0).unwrap_or(0)),
+                Ok(None) => {}
+                Err(_) => client = None,
+            }
+        }
+    }
 }
 
 /// Why `run` stopped.

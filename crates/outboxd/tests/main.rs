@@ -2,4 +2,5 @@
 //! pipeline in process or the `outboxd` binary as a child process.
 
 mod e2e;
+mod ops;
 mod support;

@@ -59,7 +59,8 @@ impl Env {
         let path = self.dir.path().join("outboxd.toml");
         let text = format!(
             "[postgres]\nurl = \"{}\"\nstatus_interval_ms = 200\n\n[kafka]\nbrokers = \"{}\"\ndrain_timeout_ms = 20000\n\n\
-             [checkpoint]\npath = \"{}\"\n\n[log]\nlevel = \"info\"\n{}\n",
+             [checkpoint]\npath = \"{}\"\n\n[log]\nlevel = \"info\"\n\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\nstall_threshold_ms = 1000\n{}\n",
             self.pg.url("postgres", "postgres"),
             self.bootstrap(),
             self.checkpoint_path().display(),

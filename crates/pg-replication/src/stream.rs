@@ -95,6 +95,8 @@ pub struct StreamStats {
     flushed: AtomicU64,
     received: AtomicU64,
     status_updates: AtomicU64,
+    connected: std::sync::atomic::AtomicBool,
+    last_status_unix_ms: AtomicU64,
 }
 
 impl StreamStats {
@@ -117,6 +119,18 @@ impl StreamStats {
     /// Status updates sent.
     pub fn status_updates(&self) -> u64 {
         self.status_updates.load(Ordering::Relaxed)
+    }
+    /// Whether a replication connection is streaming now.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+    /// When the last status update was sent (it is sent at least every status
+    /// interval while connected, so an old value means replication is stalled).
+    pub fn last_status_update(&self) -> Option<SystemTime> {
+        match self.last_status_unix_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(SystemTime::UNIX_EPOCH + Duration::from_millis(ms)),
+        }
     }
 }
 
@@ -467,6 +481,13 @@ impl Runner {
 
     /// Streams until shutdown, a lost connection, or a definite error.
     async fn stream(&mut self, session: &mut Session) -> Result<SessionEnd, ReplicationError> {
+        self.stats.connected.store(true, Ordering::Relaxed);
+        let end = self.stream_session(session).await;
+        self.stats.connected.store(false, Ordering::Relaxed);
+        end
+    }
+
+    async fn stream_session(&mut self, session: &mut Session) -> Result<SessionEnd, ReplicationError> {
         // Local handles, so the select! futures do not borrow `self`.
         let mut shutdown = self.shutdown.clone();
         let tx = self.tx.clone();
@@ -547,6 +568,10 @@ impl Runner {
             .received
             .store(update.write.as_u64(), Ordering::Relaxed);
         self.stats.status_updates.fetch_add(1, Ordering::Relaxed);
+        let unix_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.stats.last_status_unix_ms.store(unix_ms, Ordering::Relaxed);
         Ok(())
     }
 }
