@@ -32,6 +32,70 @@ pub struct Config {
     pub log: LogConfig,
     /// The admin HTTP server (metrics, health).
     pub admin: AdminConfig,
+    /// The replay window kept on the server.
+    pub retention: RetentionConfig,
+    /// Heartbeat messages for idle outboxes.
+    pub heartbeat: HeartbeatConfig,
+    /// Periodic deletion of delivered outbox rows.
+    pub cleanup: CleanupConfig,
+}
+
+/// `[retention]`: keep the slot this far behind what was delivered, so that
+/// `outboxd replay` can re-publish recent events. Both zero: no window.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Keep delivered positions for at least this long (milliseconds).
+    pub duration_ms: u64,
+    /// Keep at least this much WAL behind the received position (bytes).
+    pub bytes: u64,
+}
+
+/// `[heartbeat]`: emit `pg_logical_emit_message(false, prefix, ...)` on an
+/// interval so the slot keeps moving when the outbox is idle and the rest of
+/// the database is not (never forwarded to Kafka).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeartbeatConfig {
+    /// Interval in milliseconds; 0 disables.
+    pub interval_ms: u64,
+    /// The message prefix.
+    pub prefix: String,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig {
+            interval_ms: 0,
+            prefix: "outboxd.heartbeat".into(),
+        }
+    }
+}
+
+/// `[cleanup]`: delete outbox rows that are delivered and older than
+/// `older_than_ms`, in batches, every `interval_ms`. Off by default.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CleanupConfig {
+    /// Interval in milliseconds; 0 disables.
+    pub interval_ms: u64,
+    /// Only rows whose `created_at` is older than this (milliseconds).
+    pub older_than_ms: u64,
+    /// Rows per delete statement.
+    pub batch_size: u32,
+    /// The column holding the row's creation time.
+    pub created_at_column: String,
+}
+
+impl Default for CleanupConfig {
+    fn default() -> Self {
+        CleanupConfig {
+            interval_ms: 0,
+            older_than_ms: 7 * 24 * 3600 * 1000,
+            batch_size: 1000,
+            created_at_column: "created_at".into(),
+        }
+    }
 }
 
 /// `[admin]`

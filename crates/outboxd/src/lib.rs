@@ -8,10 +8,13 @@
 //! signals, and calls in here.
 
 pub mod admin;
+pub mod check;
 pub mod checkpoint;
 pub mod config;
 pub mod demo;
+pub mod maintenance;
 pub mod metrics;
 pub mod pipeline;
+pub mod replay;
 pub mod run;
 pub mod setup;

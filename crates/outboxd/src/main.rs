@@ -4,10 +4,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use outboxd::check::{check, status, Level};
 use outboxd::config::{Config, LogFormat};
 use outboxd::demo::{demo, DemoOptions};
-use outboxd::run::{run, shutdown_signal};
+use outboxd::metrics::Metrics;
+use outboxd::replay::{replay, ReplayOptions};
+use outboxd::run::{run_from, shutdown_signal};
 use outboxd::setup::setup;
+use pgoutput::Lsn;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -36,7 +40,30 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Stream the outbox to Kafka until SIGTERM/SIGINT.
-    Run,
+    Run {
+        /// Start at this saved position instead of the checkpoint (not older than the slot).
+        #[arg(long)]
+        start_lsn: Option<Lsn>,
+    },
+    /// Check PostgreSQL and Kafka for everything outboxd needs; exit code 1 on any failure.
+    Check,
+    /// Slot, checkpoint, lag, retained WAL and the replay window.
+    Status,
+    /// Re-publish the outbox events committed after a saved LSN, with an outboxd.replay header.
+    Replay {
+        /// Re-publish events of transactions ending after this LSN (e.g. a saved checkpoint).
+        #[arg(long)]
+        from: Lsn,
+        /// Stop before transactions committed at or after this LSN (default: the end of WAL now).
+        #[arg(long)]
+        to: Option<Lsn>,
+        /// Publish to this topic instead of the routed ones.
+        #[arg(long)]
+        topic_override: Option<String>,
+        /// List what would be re-published; publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Create the publication and the slot (and the outbox table with --create-table); idempotent.
     Setup {
         /// Also create missing outbox tables with the default columns.
@@ -120,8 +147,54 @@ fn main() -> ExitCode {
     };
     let result: anyhow::Result<()> = runtime.block_on(async {
         match cli.command {
-            Command::Run => {
-                run(&config, shutdown_signal()).await?;
+            Command::Run { start_lsn } => {
+                run_from(&config, Metrics::new(), start_lsn, shutdown_signal()).await?;
+                Ok(())
+            }
+            Command::Check => {
+                let findings = check(&config).await;
+                for finding in &findings {
+                    println!("{finding}");
+                }
+                let failed = findings.iter().filter(|f| f.level == Level::Fail).count();
+                let warned = findings.iter().filter(|f| f.level == Level::Warn).count();
+                println!("\n{} checks: {failed} failed, {warned} warnings", findings.len());
+                if failed > 0 {
+                    anyhow::bail!("{failed} check(s) failed");
+                }
+                Ok(())
+            }
+            Command::Status => {
+                for (key, value) in status(&config).await? {
+                    println!("{key:<16} {value}");
+                }
+                Ok(())
+            }
+            Command::Replay {
+                from,
+                to,
+                topic_override,
+                dry_run,
+            } => {
+                let options = ReplayOptions {
+                    from,
+                    to,
+                    topic_override,
+                    dry_run,
+                };
+                let verb = if dry_run {
+                    "would re-publish"
+                } else {
+                    "re-published"
+                };
+                let events = replay(&config, &options, |e| {
+                    println!(
+                        "{} {:>12} {:>5}  {}  {}  key={}",
+                        verb, e.commit_lsn, e.index, e.id, e.topic, e.key
+                    )
+                })
+                .await?;
+                println!("{verb} {} events committed after {from}", events.len());
                 Ok(())
             }
             Command::Setup { create_table } => {

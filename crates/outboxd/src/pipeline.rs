@@ -14,6 +14,7 @@
 //! error in its headers; its transaction counts as delivered when that
 //! record is).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,6 +56,24 @@ pub struct PipelineOptions {
     pub checkpoint_interval: Duration,
     /// Name of the outbox table(s), for error messages.
     pub tables: String,
+    /// The replay window: how far the slot's confirmed position stays behind
+    /// what was delivered.
+    pub retention: Retention,
+}
+
+/// The replay window. The slot is acknowledged only up to a delivered
+/// position that is at least `duration` old and at least `bytes` of WAL
+/// behind the received position, so WAL after it stays on the server and
+/// `outboxd replay` can re-read it. The checkpoint still records what was
+/// delivered, so a restart re-sends nothing. Zero for both: acknowledge at
+/// once. Measured against the received position (not the delivered one), so
+/// an idle outbox in a busy database still lets the slot move on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Minimum age of an acknowledged position.
+    pub duration: Duration,
+    /// Minimum WAL distance between the acknowledged and the received position.
+    pub bytes: u64,
 }
 
 /// What a run did.
@@ -149,6 +168,11 @@ pub struct Pipeline<S> {
     failure: Option<Failure>,
     summary: Summary,
     metrics: Arc<Metrics>,
+    /// Delivered positions not yet acknowledged because of retention, with
+    /// when they were delivered (at most one entry per 100 ms).
+    history: VecDeque<(Lsn, Instant)>,
+    delivered: Lsn,
+    stream_stats: Option<Arc<pg_replication::StreamStats>>,
 }
 
 impl<S> std::fmt::Debug for Pipeline<S> {
@@ -187,6 +211,9 @@ impl<S: Sink + SinkStatus> Pipeline<S> {
                 ..Summary::default()
             },
             metrics,
+            history: VecDeque::new(),
+            delivered: start,
+            stream_stats: None,
         }
     }
 
@@ -198,6 +225,7 @@ impl<S: Sink + SinkStatus> Pipeline<S> {
         mut stream: ReplicationStream,
         shutdown: impl Future<Output = ()>,
     ) -> Result<Summary, PipelineError> {
+        self.stream_stats = Some(stream.stats());
         let result = self.stream_until(&mut stream, shutdown).await;
         // Whatever happened, deliver what can be delivered and acknowledge it.
         let drained = self.drain().await;
@@ -251,56 +279,24 @@ impl<S: Sink + SinkStatus> Pipeline<S> {
                 let seq = self.tracker.begin();
                 self.open = Some((seq, begin.commit_lsn));
             }
-            ReplicationEvent::Insert(insert) => {
+            ReplicationEvent::Insert(_) | ReplicationEvent::Message(_) => {
                 let (seq, _) = self.open_tx()?;
-                let position = Position {
-                    commit_lsn: insert.commit_lsn,
-                    index: insert.index,
+                self.tracker.record(seq).map_err(internal)?;
+                let Some((position, record)) =
+                    to_record(&self.options.mapping, &self.options.routing, &event)
+                else {
+                    return Ok(());
                 };
-                let table = format!("{}.{}", insert.relation.namespace, insert.relation.name);
-                let lookup = |name: &str| match insert.column(name) {
-                    None => ColumnLookup::Missing,
-                    Some(ColumnValue::Null) => ColumnLookup::Null,
-                    Some(ColumnValue::Text(b)) | Some(ColumnValue::Binary(b)) => {
-                        ColumnLookup::Value(b.clone())
+                match record {
+                    Ok(record) => {
+                        self.summary.sent += 1;
+                        self.metrics.sent(&record.topic, record_bytes(&record));
+                        self.sink
+                            .send(record, seq)
+                            .await
+                            .map_err(|e| PipelineError::Sink(e, self.tracker.confirmed()))?;
                     }
-                    // Inserts carry every value; treat the impossible as absent.
-                    Some(ColumnValue::UnchangedToast) => ColumnLookup::Missing,
-                };
-                let id_hint = insert
-                    .column(&self.options.mapping.id)
-                    .and_then(|v| v.as_text())
-                    .map(str::to_owned);
-                self.publish(seq, position, lookup, id_hint, &table).await?;
-            }
-            ReplicationEvent::Message(message) => {
-                let (seq, _) = self.open_tx()?;
-                let position = Position {
-                    commit_lsn: message.commit_lsn,
-                    index: message.index,
-                };
-                let envelope: Result<serde_json::Map<String, serde_json::Value>, _> =
-                    serde_json::from_slice(&message.content);
-                let source = format!("logical message {:?}", message.prefix);
-                match envelope {
-                    Ok(object) => {
-                        let lookup = |name: &str| match object.get(name) {
-                            None => ColumnLookup::Missing,
-                            Some(serde_json::Value::Null) => ColumnLookup::Null,
-                            Some(serde_json::Value::String(s)) => ColumnLookup::Value(Bytes::from(s.clone())),
-                            Some(other) => ColumnLookup::Value(Bytes::from(other.to_string())),
-                        };
-                        let id_hint = object
-                            .get(&self.options.mapping.id)
-                            .and_then(|v| v.as_str())
-                            .map(str::to_owned);
-                        self.publish(seq, position, lookup, id_hint, &source).await?;
-                    }
-                    Err(err) => {
-                        let error = format!("the {source} is not a JSON object: {err}");
-                        self.tracker.record(seq).map_err(internal)?;
-                        self.permanent(seq, None, "?".into(), position, error).await?;
-                    }
+                    Err(Unmappable { id, error }) => self.permanent(seq, None, id, position, error).await?,
                 }
             }
             ReplicationEvent::Commit(commit) => {
@@ -317,42 +313,6 @@ impl<S: Sink + SinkStatus> Pipeline<S> {
     fn open_tx(&self) -> Result<(TxSeq, Lsn), PipelineError> {
         self.open
             .ok_or_else(|| PipelineError::Internal("an event outside a transaction".into()))
-    }
-
-    async fn publish(
-        &mut self,
-        seq: TxSeq,
-        position: Position,
-        lookup: impl Fn(&str) -> ColumnLookup,
-        id_hint: Option<String>,
-        source: &str,
-    ) -> Result<(), PipelineError> {
-        self.tracker.record(seq).map_err(internal)?;
-        let record = self
-            .options
-            .mapping
-            .event_from_row(position, lookup)
-            .map_err(|e| format!("{source}: {e}"))
-            .and_then(|event| {
-                self.options
-                    .routing
-                    .route(&event, None)
-                    .map_err(|e| format!("{source}: {e}"))
-            });
-        match record {
-            Ok(record) => {
-                self.summary.sent += 1;
-                self.metrics.sent(&record.topic, record_bytes(&record));
-                self.sink
-                    .send(record, seq)
-                    .await
-                    .map_err(|e| PipelineError::Sink(e, self.tracker.confirmed()))
-            }
-            Err(error) => {
-                let id = id_hint.unwrap_or_else(|| "?".into());
-                self.permanent(seq, None, id, position, error).await
-            }
-        }
     }
 
     async fn on_delivery(&mut self, delivery: Delivery) -> Result<(), PipelineError> {
@@ -470,22 +430,150 @@ impl<S: Sink + SinkStatus> Pipeline<S> {
     /// now and then (always when `last`).
     fn acknowledge(&mut self, last: bool) -> Result<(), PipelineError> {
         let confirmed = self.tracker.confirmed();
-        if confirmed > self.acked {
-            self.ack.ack(confirmed);
-            self.acked = confirmed;
+        let now = Instant::now();
+        if confirmed > self.delivered {
+            self.delivered = confirmed;
             self.summary.confirmed = confirmed;
             self.metrics.acked(confirmed);
-        }
-        let due = last || self.last_checkpoint.elapsed() >= self.options.checkpoint_interval;
-        if due && self.acked > self.checkpointed {
-            if let Some(store) = &self.checkpoint {
-                store.store(self.acked).map_err(PipelineError::Checkpoint)?;
+            match self.history.back_mut() {
+                Some(back) if now.duration_since(back.1) < Duration::from_millis(100) => {}
+                _ => self.history.push_back((confirmed, now)),
             }
-            self.checkpointed = self.acked;
-            self.last_checkpoint = Instant::now();
+        }
+        if self.history.back().is_some_and(|back| back.0 < self.delivered)
+            && self
+                .history
+                .back()
+                .is_some_and(|back| now.duration_since(back.1) >= Duration::from_millis(100))
+        {
+            self.history.push_back((self.delivered, now));
+        }
+        // The newest delivered position old enough and far enough behind.
+        let retention = self.options.retention;
+        let received = self.stream_stats.as_ref().map_or(Lsn::ZERO, |s| s.received());
+        let mut target = None;
+        while let Some(&(lsn, at)) = self.history.front() {
+            let old_enough = now.duration_since(at) >= retention.duration;
+            let far_enough = received.as_u64().saturating_sub(lsn.as_u64()) >= retention.bytes;
+            if !(old_enough && far_enough) {
+                break;
+            }
+            target = Some(lsn);
+            self.history.pop_front();
+        }
+        if let Some(target) = target {
+            if target > self.acked {
+                self.ack.ack(target);
+                self.acked = target;
+            }
+        }
+        // The checkpoint records what was delivered (not the retained position).
+        let due = last || self.last_checkpoint.elapsed() >= self.options.checkpoint_interval;
+        if due && self.delivered > self.checkpointed {
+            if let Some(store) = &self.checkpoint {
+                store.store(self.delivered).map_err(PipelineError::Checkpoint)?;
+            }
+            self.checkpointed = self.delivered;
+            self.last_checkpoint = now;
         }
         Ok(())
     }
+}
+
+/// An outbox row or message that cannot become a record (a mapped column
+/// missing or NULL, a message that is not a JSON object, an invalid topic).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unmappable {
+    /// The event id if it could be read, else `?`.
+    pub id: String,
+    /// What is wrong, naming the table or message.
+    pub error: String,
+}
+
+/// The record for an outbox insert or outbox message (`None` for other
+/// events), with the event's position.
+pub fn to_record(
+    mapping: &ColumnMapping,
+    routing: &Routing,
+    event: &ReplicationEvent,
+) -> Option<(Position, Result<Record, Unmappable>)> {
+    match event {
+        ReplicationEvent::Insert(insert) => {
+            let position = Position {
+                commit_lsn: insert.commit_lsn,
+                index: insert.index,
+            };
+            let source = format!("table {}.{}", insert.relation.namespace, insert.relation.name);
+            let lookup = |name: &str| match insert.column(name) {
+                None => ColumnLookup::Missing,
+                Some(ColumnValue::Null) => ColumnLookup::Null,
+                Some(ColumnValue::Text(b)) | Some(ColumnValue::Binary(b)) => ColumnLookup::Value(b.clone()),
+                // Inserts carry every value; treat the impossible as absent.
+                Some(ColumnValue::UnchangedToast) => ColumnLookup::Missing,
+            };
+            let id = insert
+                .column(&mapping.id)
+                .and_then(|v| v.as_text())
+                .unwrap_or("?")
+                .to_owned();
+            Some((
+                position,
+                map_and_route(mapping, routing, position, lookup, id, &source),
+            ))
+        }
+        ReplicationEvent::Message(message) => {
+            let position = Position {
+                commit_lsn: message.commit_lsn,
+                index: message.index,
+            };
+            let source = format!("logical message {:?}", message.prefix);
+            let object: serde_json::Map<String, serde_json::Value> =
+                match serde_json::from_slice(&message.content) {
+                    Ok(object) => object,
+                    Err(err) => {
+                        let error = format!("the {source} is not a JSON object: {err}");
+                        return Some((
+                            position,
+                            Err(Unmappable {
+                                id: "?".into(),
+                                error,
+                            }),
+                        ));
+                    }
+                };
+            let lookup = |name: &str| match object.get(name) {
+                None => ColumnLookup::Missing,
+                Some(serde_json::Value::Null) => ColumnLookup::Null,
+                Some(serde_json::Value::String(s)) => ColumnLookup::Value(Bytes::from(s.clone())),
+                Some(other) => ColumnLookup::Value(Bytes::from(other.to_string())),
+            };
+            let id = object
+                .get(&mapping.id)
+                .and_then(|v| v.as_str())
+                .unwrap_or("?")
+                .to_owned();
+            Some((
+                position,
+                map_and_route(mapping, routing, position, lookup, id, &source),
+            ))
+        }
+        _ => None,
+    }
+}
+
+fn map_and_route(
+    mapping: &ColumnMapping,
+    routing: &Routing,
+    position: Position,
+    lookup: impl Fn(&str) -> ColumnLookup,
+    id: String,
+    source: &str,
+) -> Result<Record, Unmappable> {
+    mapping
+        .event_from_row(position, lookup)
+        .map_err(|e| format!("{source}: {e}"))
+        .and_then(|event| routing.route(&event, None).map_err(|e| format!("{source}: {e}")))
+        .map_err(|error| Unmappable { id, error })
 }
 
 fn record_bytes(record: &Record) -> usize {

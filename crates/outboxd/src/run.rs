@@ -14,8 +14,9 @@ use tracing::info;
 use crate::admin;
 use crate::checkpoint::CheckpointStore;
 use crate::config::Config;
+use crate::maintenance;
 use crate::metrics::Metrics;
-use crate::pipeline::{Pipeline, PipelineError, PipelineOptions, Summary};
+use crate::pipeline::{Pipeline, PipelineError, PipelineOptions, Retention, Summary};
 
 /// The pipeline options a configuration describes.
 pub fn pipeline_options(config: &Config) -> anyhow::Result<PipelineOptions> {
@@ -27,6 +28,10 @@ pub fn pipeline_options(config: &Config) -> anyhow::Result<PipelineOptions> {
         drain_timeout: Duration::from_millis(config.kafka.drain_timeout_ms),
         checkpoint_interval: Duration::from_secs(1),
         tables: config.postgres.tables.join(", "),
+        retention: Retention {
+            duration: Duration::from_millis(config.retention.duration_ms),
+            bytes: config.retention.bytes,
+        },
     })
 }
 
@@ -43,13 +48,50 @@ pub async fn run_with_metrics(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Summary, RunError> {
+    run_from(config, metrics, None, shutdown).await
+}
+
+/// [`run_with_metrics`], starting at `start_lsn` instead of the checkpoint
+/// (`run --start-lsn`): transactions ending at or before it are skipped. It
+/// may not be older than the slot's confirmed position (Postgres cannot go
+/// back); use `replay` for that window.
+pub async fn run_from(
+    config: &Config,
+    metrics: Arc<Metrics>,
+    start_lsn: Option<Lsn>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Summary, RunError> {
     config.validate().map_err(RunError::Setup)?;
     let options = pipeline_options(config).map_err(RunError::Setup)?;
     let kafka = config.kafka().map_err(RunError::Setup)?;
     let checkpoint = CheckpointStore::new(&config.checkpoint.path);
     let saved = checkpoint.load().map_err(RunError::Setup)?;
     let mut stream_config = config.stream().map_err(RunError::Setup)?;
-    let start = saved.unwrap_or(Lsn::ZERO);
+    let start = match start_lsn {
+        Some(lsn) => {
+            let client = config
+                .replication()
+                .map_err(RunError::Setup)?
+                .connect_catalog()
+                .await
+                .map_err(|e| RunError::Setup(anyhow::anyhow!("cannot connect to PostgreSQL: {e}")))?;
+            let slot = pg_replication::catalog::read_slot(&client, &config.postgres.slot)
+                .await
+                .map_err(|e| RunError::Setup(anyhow::anyhow!("{e}")))?;
+            let oldest = slot.and_then(|s| s.confirmed_flush_lsn).unwrap_or(Lsn::ZERO);
+            if lsn < oldest {
+                return Err(RunError::Setup(anyhow::anyhow!(
+                    "--start-lsn {lsn} is older than the slot's confirmed position {oldest}, the oldest position \
+                     Postgres can stream from; start at {oldest} or later"
+                )));
+            }
+            if let Some(saved) = saved.filter(|saved| *saved != lsn) {
+                tracing::warn!(checkpoint = %saved, start = %lsn, "starting at --start-lsn instead of the checkpoint");
+            }
+            lsn
+        }
+        None => saved.unwrap_or(Lsn::ZERO),
+    };
     stream_config.skip_through = start;
 
     let (deliveries_tx, deliveries) = mpsc::unbounded_channel();
@@ -69,7 +111,13 @@ pub async fn run_with_metrics(
             .map_err(RunError::Setup)?;
         Some(task)
     };
-    let housekeeping = tokio::spawn(housekeeping(config.clone(), Arc::clone(&metrics)));
+    let mut background = vec![tokio::spawn(housekeeping(config.clone(), Arc::clone(&metrics)))];
+    if config.heartbeat.interval_ms > 0 {
+        background.push(tokio::spawn(maintenance::heartbeat(config.clone())));
+    }
+    if config.cleanup.interval_ms > 0 {
+        background.push(tokio::spawn(maintenance::cleanup(config.clone())));
+    }
     info!(slot = %config.postgres.slot, publication = %config.postgres.publication,
           checkpoint = %start, tables = %config.postgres.tables.join(","), "streaming");
     let pipeline = Pipeline::new(
@@ -82,7 +130,9 @@ pub async fn run_with_metrics(
         Arc::clone(&metrics),
     );
     let result = pipeline.run(stream, shutdown).await.map_err(RunError::Pipeline);
-    housekeeping.abort();
+    for task in background {
+        task.abort();
+    }
     if let Some(admin) = admin {
         admin.abort();
     }
@@ -133,22 +183,23 @@ pub enum RunError {
     Pipeline(#[from] PipelineError),
 }
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM received"),
-            _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+/// Resolves on SIGTERM or SIGINT (Ctrl-C). The handlers are installed when
+/// this is called (inside the runtime), not when the future is first polled,
+/// so a signal during startup still means a clean shutdown.
+pub fn shutdown_signal() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => tokio::select! {
+                _ = term.recv() => info!("SIGTERM received"),
+                _ = int.recv() => info!("SIGINT received"),
+            },
+            (Err(err), _) | (_, Err(err)) => {
+                tracing::warn!(error = %err, "cannot install signal handlers; stop with SIGKILL only");
+                std::future::pending::<()>().await
+            }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -128,10 +128,12 @@ pub async fn setup(config: &Config, create_table: bool) -> anyhow::Result<Vec<St
     Ok(done)
 }
 
-fn ident(name: &str) -> String {
+/// A quoted SQL identifier.
+pub(crate) fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-fn qualified(table: &OutboxTable) -> String {
+/// A quoted `schema.table`.
+pub(crate) fn qualified(table: &OutboxTable) -> String {
     format!("{}.{}", ident(&table.schema), ident(&table.name))
 }

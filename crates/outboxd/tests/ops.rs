@@ -142,3 +142,262 @@ async fn metrics_rise_with_traffic_and_readyz_reports_stalls() {
         outboxd.log()
     );
 }
+
+fn output_of(mut command: std::process::Command) -> (bool, String) {
+    let output = command.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+async fn checkpoint(env: &Env) -> pgoutput::Lsn {
+    let text = std::fs::read_to_string(env.checkpoint_path()).unwrap_or_default();
+    text.lines().nth(1).map_or(pgoutput::Lsn::ZERO, |l| {
+        l.trim_start_matches("delivered_end_lsn = ").parse().unwrap()
+    })
+}
+
+async fn wait_checkpoint_past(env: &Env, lsn: pgoutput::Lsn) -> pgoutput::Lsn {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let c = checkpoint(env).await;
+        if c > lsn {
+            return c;
+        }
+        assert!(Instant::now() < deadline, "checkpoint stuck at {c}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_from_a_saved_lsn_republishes_exactly_the_later_events() {
+    // An hour of retention: the slot stays where it was, the checkpoint moves on.
+    let env = Env::start("[retention]\nduration_ms = 3600000\n");
+    env.kafka.create_topic("replayed", 1, 1).unwrap();
+    env.kafka.create_topic("dry", 1, 1).unwrap();
+    let slot_start = env.confirmed().await;
+    let mut outboxd = env.spawn();
+    outboxd.wait_for_log("streaming", Duration::from_secs(30));
+    let pg = || env.pg.config("postgres", "postgres");
+    let first = writer(pg(), 0, 10, 1, 3, Duration::ZERO).await;
+    env.read(TOPIC, 10).await;
+    // The checkpoint is written at most once a second: let it cover all ten.
+    wait_checkpoint_past(&env, slot_start).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let saved = checkpoint(&env).await;
+    let later = writer(pg(), 1, 15, 1, 3, Duration::ZERO).await;
+    let all = env.read(TOPIC, 25).await;
+    assert_eq!(env.confirmed().await, slot_start, "retention holds the slot");
+
+    // Dry run: lists the 15 later events, publishes nothing.
+    let (ok, text) = output_of(env.command(&[
+        "replay",
+        "--from",
+        &saved.to_string(),
+        "--topic-override",
+        "dry",
+        "--dry-run",
+    ]));
+    assert!(ok, "{text}");
+    let listed: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("would re-publish ") && l.split_whitespace().nth(2).is_some_and(|t| t.contains('/'))
+        })
+        .map(|l| l.split_whitespace().nth(4).unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        later.iter().map(String::as_str).collect::<Vec<_>>(),
+        "{text}"
+    );
+    assert_eq!(env.read("dry", 0).await.len(), 0);
+
+    // The replay itself, while the service keeps running.
+    let (ok, text) = output_of(env.command(&[
+        "replay",
+        "--from",
+        &saved.to_string(),
+        "--topic-override",
+        "replayed",
+    ]));
+    assert!(ok, "{text}");
+    let replayed = env.read("replayed", 15).await;
+    let ids: Vec<&str> = replayed.iter().map(|r| r.header("id").unwrap()).collect();
+    assert_eq!(ids, later.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(replayed.iter().all(|r| r
+        .header("outboxd.replay")
+        .is_some_and(|v| v.starts_with(&format!("from={saved}")))));
+    // Normal streaming got no duplicates from it.
+    let main = env.read(TOPIC, 25).await;
+    assert_eq!(main.len(), all.len());
+    let _ = first;
+
+    // Older than the slot: refused, naming the oldest replayable position.
+    let (ok, text) = output_of(env.command(&["replay", "--from", "0/1"]));
+    assert!(!ok);
+    assert!(
+        text.contains(&format!("the oldest replayable position is {slot_start}")),
+        "{text}"
+    );
+
+    outboxd.signal("TERM");
+    assert!(
+        outboxd.wait(Duration::from_secs(30)).success(),
+        "log:\n{}",
+        outboxd.log()
+    );
+    // After the stop the slot still keeps the window; the checkpoint says what was delivered.
+    assert_eq!(env.confirmed().await, slot_start);
+    assert!(checkpoint(&env).await > saved);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_wal_level_and_missing_replication_with_fixes() {
+    let env = Env::start("");
+    let (ok, text) = output_of(env.command(&["check"]));
+    assert!(ok, "a good setup passes: {text}");
+    assert!(text.contains("ok    wal_level: logical"), "{text}");
+
+    // A role without REPLICATION.
+    env.pg
+        .psql("create role plain login; grant select on outbox to plain;")
+        .unwrap();
+    let url = env.pg.url("plain", "postgres");
+    let (ok, text) = output_of(env.command(&["--postgres-url", &url, "check"]));
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("FAIL  role: plain lacks the REPLICATION attribute"),
+        "{text}"
+    );
+    assert!(text.contains("fix: ALTER ROLE \"plain\" REPLICATION"), "{text}");
+
+    // A server with wal_level=replica.
+    let replica = testkit::PgCluster::builder()
+        .wal_level("replica")
+        .start()
+        .unwrap();
+    let url = replica.url("postgres", "postgres");
+    let (ok, text) = output_of(env.command(&["--postgres-url", &url, "check"]));
+    assert!(!ok, "{text}");
+    assert!(text.contains("FAIL  wal_level: replica"), "{text}");
+    assert!(text.contains("fix: set wal_level = logical"), "{text}");
+    eprintln!("{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_keeps_an_idle_outbox_from_pinning_wal_in_a_busy_database() {
+    let env = Env::start("[heartbeat]\ninterval_ms = 200\n");
+    env.pg
+        .psql("create table busy (id serial primary key, note text)")
+        .unwrap();
+    let mut outboxd = env.spawn();
+    outboxd.wait_for_log("streaming", Duration::from_secs(30));
+    let client = env.pg.connect().await.unwrap();
+    let lsn = |sql: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one(sql, &[])
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+                .parse::<pgoutput::Lsn>()
+                .unwrap()
+        }
+    };
+    let start = lsn("select pg_current_wal_lsn()::text").await;
+    let mut worst_lag = 0u64;
+    for _ in 0..20 {
+        client
+            .batch_execute("insert into busy (note) select repeat('x', 200) from generate_series(1, 5000)")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let current = lsn("select pg_current_wal_lsn()::text").await;
+        let confirmed = env.confirmed().await;
+        worst_lag = worst_lag.max(current.as_u64() - confirmed.as_u64());
+    }
+    let written = lsn("select pg_current_wal_lsn()::text").await.as_u64() - start.as_u64();
+    eprintln!(
+        "busy table wrote {} MiB of WAL; the slot was never more than {} KiB behind",
+        written >> 20,
+        worst_lag >> 10
+    );
+    assert!(written > 20 << 20, "the busy table must write real WAL");
+    assert!(
+        worst_lag < 4 << 20,
+        "slot lagged {worst_lag} bytes behind an idle outbox"
+    );
+    assert_eq!(
+        env.read(TOPIC, 0).await.len(),
+        0,
+        "heartbeats are never forwarded"
+    );
+    outboxd.signal("TERM");
+    assert!(
+        outboxd.wait(Duration::from_secs(30)).success(),
+        "log:\n{}",
+        outboxd.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_deletes_only_delivered_rows() {
+    let env = Env::start("[cleanup]\ninterval_ms = 300\nolder_than_ms = 0\nbatch_size = 7\n");
+    let mut outboxd = env.spawn();
+    outboxd.wait_for_log("streaming", Duration::from_secs(30));
+    let client = env.pg.connect().await.unwrap();
+    let count = || async {
+        client
+            .query_one("select count(*) from outbox", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let delivered = writer(env.pg.config("postgres", "postgres"), 0, 20, 1, 4, Duration::ZERO).await;
+    env.read(TOPIC, delivered.len()).await;
+    // With the broker down, new rows are committed but not delivered.
+    env.kafka.broker_down(1).unwrap();
+    let _pending = writer(env.pg.config("postgres", "postgres"), 1, 10, 1, 4, Duration::ZERO).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count().await > 10 {
+        assert!(
+            Instant::now() < deadline,
+            "delivered rows were not cleaned up ({} left)",
+            count().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Several more rounds: the undelivered rows stay.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let left: Vec<String> = client
+        .query("select id::text from outbox order by id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, (0..10).map(|n| event_id(1, n)).collect::<Vec<_>>());
+    // Once delivered, they go too.
+    env.kafka.broker_up(1).unwrap();
+    env.read(TOPIC, 30).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count().await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "rows left after delivery: {}",
+            count().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    outboxd.signal("TERM");
+    assert!(
+        outboxd.wait(Duration::from_secs(30)).success(),
+        "log:\n{}",
+        outboxd.log()
+    );
+}

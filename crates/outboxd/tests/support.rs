@@ -70,7 +70,7 @@ impl Env {
         path
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_outboxd"));
         command.arg("--config").arg(self.config_path()).args(args);
         for (name, _) in std::env::vars() {

@@ -63,6 +63,14 @@ pub struct StreamConfig {
     pub reconnect_initial: Duration,
     /// Longest reconnect delay.
     pub reconnect_max: Duration,
+    /// Reconnect after transient failures (otherwise they end the stream
+    /// with an error).
+    pub reconnect: bool,
+    /// Stream from a temporary copy of this slot, named `slot`, made on the
+    /// replication connection (`pg_copy_logical_replication_slot`) and gone
+    /// when the connection closes: a replay reads the same changes as the
+    /// service without touching the service's slot.
+    pub copy_from: Option<String>,
 }
 
 impl StreamConfig {
@@ -83,6 +91,8 @@ impl StreamConfig {
             channel_capacity: 1024,
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(30),
+            reconnect: true,
+            copy_from: None,
         }
     }
 }
@@ -338,6 +348,13 @@ impl Runner {
             };
             match end {
                 SessionEnd::Shutdown => return Ok(()),
+                SessionEnd::Lost(err) if !self.config.reconnect => {
+                    session.close().await;
+                    let err = ReplicationError::Connection(err);
+                    let message = err.to_string();
+                    let _ = self.tx.send(Err(err)).await;
+                    return Err(ReplicationError::Task(message));
+                }
                 SessionEnd::Lost(err) => {
                     // Close the old connection now, not when the new one replaces
                     // it: a server shutting down waits for its walsender to go.
@@ -420,9 +437,19 @@ impl Runner {
             .connect_catalog()
             .await
             .map_err(Attempt::from_connection)?;
-        let slot = catalog::verify(&client, &config.slot, &config.publication, &config.tables)
+        let source = config.copy_from.as_deref().unwrap_or(&config.slot);
+        let slot = catalog::verify(&client, source, &config.publication, &config.tables)
             .await
             .map_err(Attempt::from_check)?;
+        if let Some(source) = &config.copy_from {
+            conn.simple_query(&format!(
+                "select slot_name from pg_copy_logical_replication_slot({}, {}, true)",
+                literal(source),
+                literal(&config.slot)
+            ))
+            .await
+            .map_err(Attempt::from_connection)?;
+        }
         let status_interval = match conn
             .wal_sender_timeout()
             .await
@@ -602,6 +629,11 @@ impl Attempt {
             CheckError::Setup(s) => Attempt::Definite(ReplicationError::Setup(s)),
         }
     }
+}
+
+/// A SQL string literal.
+fn literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
 }
 
 /// `publication_names` is a comma-separated list of identifiers: quote ours.

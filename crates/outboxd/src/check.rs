@@ -1,0 +1,518 @@
+//! `outboxd check` and `outboxd status`: what an operator needs to know
+//! before (and while) outboxd runs.
+
+use std::fmt;
+use std::time::Duration;
+
+use anyhow::Context;
+use pg_replication::catalog;
+use pgoutput::Lsn;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+use tokio_postgres::Client;
+
+use crate::checkpoint::CheckpointStore;
+use crate::config::{Config, PermanentErrorPolicy};
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Fine.
+    Ok,
+    /// Works, but an operator should look.
+    Warn,
+    /// outboxd cannot run (or will fail) until this is fixed.
+    Fail,
+}
+
+/// One finding, with what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Severity.
+    pub level: Level,
+    /// What was checked.
+    pub what: String,
+    /// What was found.
+    pub detail: String,
+    /// The fix (for warnings and failures).
+    pub fix: Option<String>,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tag = match self.level {
+            Level::Ok => "ok  ",
+            Level::Warn => "warn",
+            Level::Fail => "FAIL",
+        };
+        write!(f, "{tag}  {}: {}", self.what, self.detail)?;
+        if let Some(fix) = &self.fix {
+            write!(f, "\n      fix: {fix}")?;
+        }
+        Ok(())
+    }
+}
+
+fn ok(what: &str, detail: impl Into<String>) -> Finding {
+    Finding {
+        level: Level::Ok,
+        what: what.into(),
+        detail: detail.into(),
+        fix: None,
+    }
+}
+
+fn warn(what: &str, detail: impl Into<String>, fix: impl Into<String>) -> Finding {
+    Finding {
+        level: Level::Warn,
+        what: what.into(),
+        detail: detail.into(),
+        fix: Some(fix.into()),
+    }
+}
+
+fn fail(what: &str, detail: impl Into<String>, fix: impl Into<String>) -> Finding {
+    Finding {
+        level: Level::Fail,
+        what: what.into(),
+        detail: detail.into(),
+        fix: Some(fix.into()),
+    }
+}
+
+/// Retained WAL above this is worth a warning.
+const RETAINED_WARN_BYTES: i64 = 1 << 30;
+
+/// Runs every check; never stops at the first failure.
+pub async fn check(config: &Config) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    if let Err(err) = config.validate() {
+        findings.push(fail(
+            "configuration",
+            format!("{err:#}"),
+            "fix the configuration file or OUTBOXD_* variables",
+        ));
+        return findings;
+    }
+    match config.replication() {
+        Ok(replication) => match replication.connect_catalog().await {
+            Ok(client) => postgres_checks(config, &client, &mut findings).await,
+            Err(err) => findings.push(fail(
+                "postgres connection",
+                err.to_string(),
+                "check postgres.url (host, port, user, password, sslmode) and pg_hba.conf",
+            )),
+        },
+        Err(err) => findings.push(fail(
+            "postgres connection",
+            format!("{err:#}"),
+            "fix postgres.url",
+        )),
+    }
+    kafka_checks(config, &mut findings).await;
+    findings
+}
+
+async fn postgres_checks(config: &Config, client: &Client, findings: &mut Vec<Finding>) {
+    let row = match client
+        .query_one(
+            "select current_setting('server_version_num')::int4, current_setting('server_version'),
+                    current_setting('wal_level'), current_setting('max_slot_wal_keep_size'),
+                    r.rolreplication, r.rolsuper, current_user::text
+               from pg_roles r where r.rolname = current_user",
+            &[],
+        )
+        .await
+    {
+        Ok(row) => row,
+        Err(err) => {
+            findings.push(fail(
+                "postgres",
+                err.to_string(),
+                "check the connection's privileges",
+            ));
+            return;
+        }
+    };
+    let (version_num, version): (i32, String) = (row.get(0), row.get(1));
+    if version_num >= 140000 {
+        findings.push(ok("server version", version));
+    } else {
+        findings.push(fail(
+            "server version",
+            version,
+            "outboxd needs PostgreSQL 14 or newer",
+        ));
+    }
+    let wal_level: String = row.get(2);
+    if wal_level == "logical" {
+        findings.push(ok("wal_level", wal_level));
+    } else {
+        findings.push(fail(
+            "wal_level",
+            format!("{wal_level} (logical replication needs logical)"),
+            "set wal_level = logical in postgresql.conf (ALTER SYSTEM SET wal_level = logical) and restart PostgreSQL",
+        ));
+    }
+    let keep: String = row.get(3);
+    if keep == "-1" {
+        findings.push(warn(
+            "max_slot_wal_keep_size",
+            "-1 (unlimited): a stopped or stuck outboxd makes the slot keep WAL until the disk is full",
+            "set max_slot_wal_keep_size to what the disk can spare (e.g. 50GB); outboxd reports an invalidated slot clearly",
+        ));
+    } else {
+        findings.push(ok("max_slot_wal_keep_size", keep));
+    }
+    let (replication, superuser, user): (bool, bool, String) = (row.get(4), row.get(5), row.get(6));
+    if superuser {
+        findings.push(warn(
+            "role",
+            format!("{user} is a superuser"),
+            "run outboxd as a least-privilege role: LOGIN REPLICATION and SELECT on the outbox (sql/03_role.sql)",
+        ));
+    } else if replication {
+        findings.push(ok("role", format!("{user} has REPLICATION")));
+    } else {
+        findings.push(fail(
+            "role",
+            format!("{user} lacks the REPLICATION attribute, so it cannot stream from a slot"),
+            format!(
+                "ALTER ROLE {} REPLICATION (as a superuser; see sql/03_role.sql)",
+                crate::setup::ident(&user)
+            ),
+        ));
+    }
+
+    // Publication and its tables.
+    let publication = &config.postgres.publication;
+    let tables = config.tables().unwrap_or_default();
+    match client
+        .query_opt(
+            "select pubinsert, pubupdate or pubdelete or pubtruncate from pg_publication where pubname = $1",
+            &[publication],
+        )
+        .await
+    {
+        Ok(None) => findings.push(fail(
+            "publication",
+            format!("{publication} does not exist"),
+            "run `outboxd setup` (or sql/02_publication.sql)",
+        )),
+        Ok(Some(p)) => {
+            let (insert, more): (bool, bool) = (p.get(0), p.get(1));
+            if !insert {
+                findings.push(fail(
+                    "publication",
+                    format!("{publication} does not publish inserts"),
+                    format!(
+                        "ALTER PUBLICATION {} SET (publish = 'insert')",
+                        crate::setup::ident(publication)
+                    ),
+                ));
+            } else if more {
+                findings.push(warn(
+                    "publication",
+                    format!(
+                        "{publication} also publishes updates, deletes or truncates, which outboxd discards"
+                    ),
+                    format!(
+                        "ALTER PUBLICATION {} SET (publish = 'insert')",
+                        crate::setup::ident(publication)
+                    ),
+                ));
+            } else {
+                findings.push(ok("publication", format!("{publication} publishes inserts")));
+            }
+            for table in &tables {
+                let member = client
+                    .query_opt(
+                        "select c.relreplident::text from pg_publication_tables p
+                           join pg_class c on c.relname = p.tablename
+                           join pg_namespace n on n.oid = c.relnamespace and n.nspname = p.schemaname
+                          where p.pubname = $1 and p.schemaname = $2 and p.tablename = $3",
+                        &[publication, &table.schema, &table.name],
+                    )
+                    .await;
+                match member {
+                    Ok(Some(r)) => findings.push(ok(
+                        "outbox table",
+                        format!(
+                            "{table} is in {publication} (replica identity {}, not needed for inserts)",
+                            r.get::<_, String>(0)
+                        ),
+                    )),
+                    Ok(None) => findings.push(fail(
+                        "outbox table",
+                        format!("{table} is not in publication {publication} (or does not exist)"),
+                        format!(
+                            "ALTER PUBLICATION {} ADD TABLE {}",
+                            crate::setup::ident(publication),
+                            crate::setup::qualified(table)
+                        ),
+                    )),
+                    Err(err) => findings.push(fail(
+                        "outbox table",
+                        err.to_string(),
+                        "check privileges on pg_catalog",
+                    )),
+                }
+            }
+        }
+        Err(err) => findings.push(fail(
+            "publication",
+            err.to_string(),
+            "check privileges on pg_catalog",
+        )),
+    }
+
+    // Slot.
+    let slot_name = &config.postgres.slot;
+    match catalog::read_slot(client, slot_name).await {
+        Ok(None) => findings.push(fail(
+            "slot",
+            format!("{slot_name} does not exist"),
+            "run `outboxd setup`",
+        )),
+        Ok(Some(slot)) => {
+            if slot.plugin.as_deref() != Some("pgoutput") {
+                findings.push(fail(
+                    "slot",
+                    format!("{slot_name} uses plugin {:?}, not pgoutput", slot.plugin),
+                    "drop it and run `outboxd setup`, or point postgres.slot at a pgoutput slot",
+                ));
+            } else if slot.is_invalidated() {
+                findings.push(fail(
+                    "slot",
+                    format!("{slot_name} is invalidated (wal_status {:?}): the WAL it needed is gone", slot.wal_status),
+                    "events between its position and now cannot be streamed; drop and recreate the slot with \
+                     `outboxd setup`, then reconcile the gap from the outbox table",
+                ));
+            } else {
+                let retained = slot.retained_bytes.unwrap_or(0);
+                let detail = format!(
+                    "{slot_name}: pgoutput, confirmed {}, restart {}, retains {} of WAL{}",
+                    slot.confirmed_flush_lsn
+                        .map(|l| l.to_string())
+                        .unwrap_or_default(),
+                    slot.restart_lsn.map(|l| l.to_string()).unwrap_or_default(),
+                    human_bytes(retained),
+                    slot.active_pid
+                        .map(|p| format!(", in use by pid {p}"))
+                        .unwrap_or_default()
+                );
+                if retained > RETAINED_WARN_BYTES {
+                    findings.push(warn(
+                        "slot",
+                        detail,
+                        "outboxd is behind or stopped: check `outboxd status`, its logs and the broker",
+                    ));
+                } else {
+                    findings.push(ok("slot", detail));
+                }
+            }
+        }
+        Err(err) => findings.push(fail(
+            "slot",
+            err.to_string(),
+            "check privileges on pg_replication_slots",
+        )),
+    }
+}
+
+async fn kafka_checks(config: &Config, findings: &mut Vec<Finding>) {
+    let kafka = match config.kafka() {
+        Ok(k) => k,
+        Err(err) => {
+            findings.push(fail("kafka configuration", format!("{err:#}"), "fix [kafka]"));
+            return;
+        }
+    };
+    let mut client_config: ClientConfig = kafka.client_config();
+    // Producer-only settings would only produce warnings on a consumer.
+    for key in [
+        "enable.idempotence",
+        "acks",
+        "max.in.flight.requests.per.connection",
+        "message.timeout.ms",
+        "partitioner",
+    ] {
+        client_config.remove(key);
+    }
+    let result = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = client_config.create()?;
+        consumer.fetch_metadata(None, Duration::from_secs(10))
+    })
+    .await;
+    let metadata = match result {
+        Ok(Ok(metadata)) => metadata,
+        Ok(Err(err)) => {
+            findings.push(fail(
+                "broker",
+                format!(
+                    "cannot fetch metadata from {}: {err}",
+                    kafka.get("bootstrap.servers").unwrap_or("?")
+                ),
+                "check kafka.brokers, network access and TLS/SASL settings",
+            ));
+            return;
+        }
+        Err(err) => {
+            findings.push(fail("broker", err.to_string(), "retry"));
+            return;
+        }
+    };
+    findings.push(ok(
+        "broker",
+        format!("reachable, {} broker(s)", metadata.brokers().len()),
+    ));
+    let topic = &config.routing.topic;
+    let prefix = topic.split("${").next().unwrap_or(topic);
+    let mut matched = 0;
+    for t in metadata.topics() {
+        let name = t.name();
+        if (topic.contains("${") && name.starts_with(prefix) && !prefix.is_empty()) || name == topic {
+            matched += 1;
+            findings.push(ok(
+                "topic",
+                format!("{name}: {} partitions", t.partitions().len()),
+            ));
+        }
+    }
+    if matched == 0 {
+        findings.push(warn(
+            "topic",
+            format!("no topic matches {topic:?}"),
+            "create the topics with the partition count you want (auto-created topics get the broker's default)",
+        ));
+    }
+    if config.kafka.on_permanent_error == PermanentErrorPolicy::DeadLetter {
+        let dlq = &config.kafka.dead_letter_topic;
+        if metadata.topics().iter().any(|t| t.name() == dlq) {
+            findings.push(ok("dead-letter topic", dlq.clone()));
+        } else {
+            findings.push(fail(
+                "dead-letter topic",
+                format!("{dlq} does not exist"),
+                format!("create topic {dlq}"),
+            ));
+        }
+    }
+}
+
+fn human_bytes(bytes: i64) -> String {
+    let b = bytes as f64;
+    if b >= (1u64 << 30) as f64 {
+        format!("{:.1} GiB", b / (1u64 << 30) as f64)
+    } else if b >= (1 << 20) as f64 {
+        format!("{:.1} MiB", b / (1 << 20) as f64)
+    } else if b >= 1024.0 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+/// `outboxd status`: the slot, the checkpoint and the replay window.
+pub async fn status(config: &Config) -> anyhow::Result<Vec<(String, String)>> {
+    let client = config
+        .replication()?
+        .connect_catalog()
+        .await
+        .context("cannot connect to PostgreSQL")?;
+    let mut lines = Vec::new();
+    let current: Lsn = client
+        .query_one("select pg_current_wal_lsn()::text", &[])
+        .await?
+        .get::<_, String>(0)
+        .parse()?;
+    lines.push(("current WAL".to_owned(), current.to_string()));
+    let slot = catalog::read_slot(&client, &config.postgres.slot)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let confirmed = match &slot {
+        None => {
+            lines.push((
+                "slot".into(),
+                format!("{} does not exist (run `outboxd setup`)", config.postgres.slot),
+            ));
+            None
+        }
+        Some(slot) => {
+            let confirmed = slot.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
+            lines.push((
+                "slot".into(),
+                format!(
+                    "{} ({}{})",
+                    slot.name,
+                    slot.wal_status.clone().unwrap_or_else(|| "?".into()),
+                    slot.active_pid
+                        .map(|p| format!(", active pid {p}"))
+                        .unwrap_or_else(|| ", not in use".into())
+                ),
+            ));
+            lines.push(("slot confirmed".into(), confirmed.to_string()));
+            lines.push((
+                "slot restart".into(),
+                slot.restart_lsn.map(|l| l.to_string()).unwrap_or_default(),
+            ));
+            lines.push((
+                "lag".into(),
+                human_bytes(current.as_u64().saturating_sub(confirmed.as_u64()) as i64),
+            ));
+            lines.push((
+                "retained WAL".into(),
+                human_bytes(slot.retained_bytes.unwrap_or(0)),
+            ));
+            Some(confirmed)
+        }
+    };
+    let checkpoint = CheckpointStore::new(&config.checkpoint.path).load()?;
+    match checkpoint {
+        Some(delivered) => {
+            lines.push((
+                "checkpoint".into(),
+                format!(
+                    "{delivered} (last delivered end LSN, {})",
+                    config.checkpoint.path.display()
+                ),
+            ));
+            if let Some(confirmed) = confirmed {
+                lines.push((
+                    "replay window".into(),
+                    if delivered > confirmed {
+                        format!("{confirmed} .. {delivered} ({} of WAL)", human_bytes((delivered.as_u64() - confirmed.as_u64()) as i64))
+                    } else {
+                        format!("none: replay can start at {confirmed} (set [retention] to keep delivered events replayable)")
+                    },
+                ));
+            }
+        }
+        None => lines.push((
+            "checkpoint".into(),
+            format!("none yet ({})", config.checkpoint.path.display()),
+        )),
+    }
+    if let Some(row) = last_event(config, &client).await {
+        lines.push(("last outbox row".into(), row));
+    }
+    Ok(lines)
+}
+
+/// The newest outbox row by creation time, if the table has the default columns.
+async fn last_event(config: &Config, client: &Client) -> Option<String> {
+    let table = config.tables().ok()?.into_iter().next()?;
+    let sql = format!(
+        "select {id}::text, {agg}::text, created_at::text from {t} order by created_at desc limit 1",
+        id = crate::setup::ident(&config.outbox.id),
+        agg = crate::setup::ident(&config.outbox.aggregate_id),
+        t = crate::setup::qualified(&table)
+    );
+    let row = client.query_opt(&sql, &[]).await.ok()??;
+    Some(format!(
+        "id {} (aggregate {}, created {})",
+        row.get::<_, String>(0),
+        row.get::<_, String>(1),
+        row.get::<_, String>(2)
+    ))
+}

@@ -1,0 +1,194 @@
+//! `outboxd replay`: re-publish the outbox events committed after a saved LSN.
+//!
+//! Postgres cannot rewind a slot, so a replay can reach back only to the
+//! slot's `confirmed_flush_lsn`; `[retention]` keeps that position behind
+//! what was delivered so recent events stay replayable. The replay reads from
+//! a *temporary copy* of the service's slot, made on its own replication
+//! connection and dropped with it: the running service (if any) and its slot
+//! are untouched, so a replay never causes duplicates of normal streaming and
+//! never acknowledges anything. It runs as a separate command and exits when
+//! it reaches `--to` (default: the end of WAL when it started).
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use outbox_core::{header, AckTracker, Delivery};
+use pg_replication::{catalog, ReplicationEvent, ReplicationStream};
+use pgoutput::Lsn;
+use sink_kafka::KafkaSink;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::pipeline::{to_record, Unmappable};
+use crate::run::pipeline_options;
+
+/// What to replay.
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    /// Re-publish events of transactions ending after this position.
+    pub from: Lsn,
+    /// Stop before transactions committed at or after this position (default:
+    /// the end of WAL when the replay starts).
+    pub to: Option<Lsn>,
+    /// Publish everything to this topic instead of the routed one.
+    pub topic_override: Option<String>,
+    /// List the events, publish nothing.
+    pub dry_run: bool,
+}
+
+/// One replayed event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    /// Event id.
+    pub id: String,
+    /// Destination topic.
+    pub topic: String,
+    /// Record key.
+    pub key: String,
+    /// Commit LSN of its transaction.
+    pub commit_lsn: Lsn,
+    /// Index in the transaction.
+    pub index: u64,
+}
+
+/// Runs a replay; `each` sees every event as it is published (or listed).
+pub async fn replay(
+    config: &Config,
+    options: &ReplayOptions,
+    mut each: impl FnMut(&Replayed),
+) -> anyhow::Result<Vec<Replayed>> {
+    config.validate()?;
+    let pipeline = pipeline_options(config)?;
+    let client = config
+        .replication()?
+        .connect_catalog()
+        .await
+        .context("cannot connect to PostgreSQL")?;
+    let slot = catalog::read_slot(&client, &config.postgres.slot)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .with_context(|| {
+            format!(
+                "replication slot {:?} does not exist: run `outboxd setup`",
+                config.postgres.slot
+            )
+        })?;
+    let oldest = slot.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
+    if options.from < oldest {
+        bail!(
+            "cannot replay from {}: the oldest replayable position is {oldest} (slot {:?}'s confirmed_flush_lsn; \
+             Postgres cannot decode earlier changes again). Events committed after {oldest} can be replayed; \
+             set [retention] to keep a longer replay window",
+            options.from,
+            config.postgres.slot
+        );
+    }
+    let end: Lsn = match options.to {
+        Some(to) => to,
+        None => client
+            .query_one("select pg_current_wal_lsn()::text", &[])
+            .await?
+            .get::<_, String>(0)
+            .parse()?,
+    };
+    if end <= options.from {
+        bail!("--to {end} is not after --from {}", options.from);
+    }
+
+    let mut stream_config = config.stream()?;
+    stream_config.copy_from = Some(config.postgres.slot.clone());
+    stream_config.slot = format!("{}_replay_{}", config.postgres.slot, std::process::id());
+    stream_config.skip_through = options.from;
+    stream_config.reconnect = false;
+
+    let (deliveries_tx, mut deliveries) = mpsc::unbounded_channel::<Delivery>();
+    let mut sink = if options.dry_run {
+        None
+    } else {
+        Some(KafkaSink::new(&config.kafka()?, deliveries_tx).context("cannot create the Kafka producer")?)
+    };
+    let mut stream = ReplicationStream::start(stream_config).await?;
+    let stats = stream.stats();
+    let replay_header = Bytes::from(format!("from={} to={end}", options.from));
+    let mut tracker = AckTracker::new(Lsn::ZERO);
+    let mut open = None;
+    let mut replayed = Vec::new();
+    loop {
+        let event = match tokio::time::timeout(Duration::from_millis(300), stream.next()).await {
+            Ok(Some(event)) => event?,
+            Ok(None) => bail!("the replication stream ended before the replay reached {end}"),
+            // Nothing buffered: done once everything up to `end` was received.
+            Err(_) if open.is_none() && stats.received() >= end => break,
+            Err(_) => continue,
+        };
+        match &event {
+            ReplicationEvent::Begin(begin) => {
+                if begin.commit_lsn >= end {
+                    break;
+                }
+                open = Some(tracker.begin());
+            }
+            ReplicationEvent::Commit(commit) => {
+                if let Some(seq) = open.take() {
+                    tracker.commit(seq, commit.end_lsn)?;
+                }
+            }
+            _ => {
+                let Some(seq) = open else { continue };
+                let Some((position, record)) = to_record(&pipeline.mapping, &pipeline.routing, &event) else {
+                    continue;
+                };
+                let mut record = match record {
+                    Ok(record) => record,
+                    Err(Unmappable { id, error }) => {
+                        bail!(
+                            "event id={id} at {} index {} cannot be replayed: {error}",
+                            position.commit_lsn,
+                            position.index
+                        )
+                    }
+                };
+                if let Some(topic) = &options.topic_override {
+                    record.topic = topic.clone();
+                }
+                record
+                    .headers
+                    .push((header::REPLAY.to_owned(), replay_header.clone()));
+                let item = Replayed {
+                    id: record.id.clone(),
+                    topic: record.topic.clone(),
+                    key: String::from_utf8_lossy(&record.key).into_owned(),
+                    commit_lsn: position.commit_lsn,
+                    index: position.index,
+                };
+                each(&item);
+                replayed.push(item);
+                if let Some(sink) = sink.as_mut() {
+                    tracker.record(seq)?;
+                    outbox_core::Sink::send(sink, record, seq).await?;
+                }
+            }
+        }
+    }
+    stream.shutdown().await.ok();
+    if let Some(mut sink) = sink {
+        outbox_core::Sink::flush(&mut sink).await?;
+        drop(sink);
+        let mut failed = Vec::new();
+        while let Some(delivery) = deliveries.recv().await {
+            if let Err(err) = delivery.result {
+                failed.push(format!("{}: {}", delivery.id, err.message));
+            }
+        }
+        if !failed.is_empty() {
+            bail!(
+                "{} of {} replayed records were not delivered: {}",
+                failed.len(),
+                replayed.len(),
+                failed.join("; ")
+            );
+        }
+    }
+    Ok(replayed)
+}
