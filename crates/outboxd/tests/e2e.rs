@@ -41,8 +41,7 @@ fn spawn_writers(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_events_from_eight_connections_arrive_once_in_order_on_javas_partitions() {
     let env = Env::start("");
-    let mut outboxd = env.spawn();
-    outboxd.wait_for_log("streaming", Duration::from_secs(30));
+    let outboxd = env.spawn_streaming();
     // 8 connections x 1,250 events over 100 aggregates (12-13 per writer).
     let written: Vec<String> = join_all(spawn_writers(&env, 8, 1250, 13, Duration::ZERO))
         .await
@@ -56,19 +55,13 @@ async fn ten_thousand_events_from_eight_connections_arrive_once_in_order_on_java
     let keys: std::collections::HashSet<&[u8]> = read.iter().map(|r| r.key.as_slice()).collect();
     assert_eq!(keys.len(), 8 * 13);
 
-    outboxd.signal("TERM");
-    assert!(
-        outboxd.wait(Duration::from_secs(30)).success(),
-        "log:\n{}",
-        outboxd.log()
-    );
+    outboxd.terminate();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_for_ten_seconds_holds_the_slot_and_loses_nothing() {
     let env = Env::start("");
-    let mut outboxd = env.spawn();
-    outboxd.wait_for_log("streaming", Duration::from_secs(30));
+    let outboxd = env.spawn_streaming();
     let writers = spawn_writers(&env, 4, 500, 10, Duration::from_millis(20));
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -110,12 +103,7 @@ async fn broker_down_for_ten_seconds_holds_the_slot_and_loses_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    outboxd.signal("TERM");
-    assert!(
-        outboxd.wait(Duration::from_secs(30)).success(),
-        "log:\n{}",
-        outboxd.log()
-    );
+    outboxd.terminate();
 }
 
 /// After a SIGKILL: measures the unacknowledged window, restarts outboxd, and
@@ -133,7 +121,7 @@ async fn restart_after_kill(env: &Env, written: Vec<String>) {
         before.len()
     );
 
-    let mut outboxd = env.spawn();
+    let outboxd = env.spawn();
     let read = env.read(TOPIC, written.len()).await;
     let f = figures(&written, &read);
     assert_eq!(f.lost, 0);
@@ -143,19 +131,13 @@ async fn restart_after_kill(env: &Env, written: Vec<String>) {
         "{} duplicates but only {window} records were unacknowledged",
         f.duplicates
     );
-    outboxd.signal("TERM");
-    assert!(
-        outboxd.wait(Duration::from_secs(30)).success(),
-        "log:\n{}",
-        outboxd.log()
-    );
+    outboxd.terminate();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_then_restart_loses_nothing() {
     let env = Env::start("");
-    let mut outboxd = env.spawn();
-    outboxd.wait_for_log("streaming", Duration::from_secs(30));
+    let mut outboxd = env.spawn_streaming();
     let writers = spawn_writers(&env, 4, 750, 10, Duration::from_millis(2));
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Kill mid-load; the writers keep going while outboxd is down.
@@ -169,8 +151,7 @@ async fn kill_9_inside_a_large_transaction_then_restart_loses_nothing() {
     // A small producer queue and a slow broker (100 ms per request) make the
     // large transaction take seconds to deliver, so the kill lands inside it.
     let env = Env::start("[kafka.properties]\n\"queue.buffering.max.messages\" = \"500\"\n");
-    let mut outboxd = env.spawn();
-    outboxd.wait_for_log("streaming", Duration::from_secs(30));
+    let mut outboxd = env.spawn_streaming();
     let pg = || env.pg.config("postgres", "postgres");
     let mut written = writer(pg(), 100, 100, 1, 5, Duration::ZERO).await;
     env.kafka
@@ -192,8 +173,7 @@ async fn kill_9_inside_a_large_transaction_then_restart_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_acks_exactly_what_was_delivered_and_a_restart_resends_nothing() {
     let env = Env::start("");
-    let mut outboxd = env.spawn();
-    outboxd.wait_for_log("streaming", Duration::from_secs(30));
+    let mut outboxd = env.spawn_streaming();
     let writers = spawn_writers(&env, 4, 500, 10, Duration::from_millis(5));
     tokio::time::sleep(Duration::from_secs(2)).await;
     outboxd.signal("TERM");
@@ -225,16 +205,11 @@ async fn sigterm_under_load_acks_exactly_what_was_delivered_and_a_restart_resend
     );
 
     // Restart: nothing already in Kafka is sent again, the rest follows.
-    let mut outboxd = env.spawn();
+    let outboxd = env.spawn();
     let read = env.read(TOPIC, written.len()).await;
     let f = figures(&written, &read);
     assert_eq!((f.lost, f.order_violations, f.duplicates), (0, 0, 0));
-    outboxd.signal("TERM");
-    assert!(
-        outboxd.wait(Duration::from_secs(30)).success(),
-        "log:\n{}",
-        outboxd.log()
-    );
+    outboxd.terminate();
 }
 
 /// Inserts three events, the middle one with a payload above the producer's
@@ -260,8 +235,7 @@ const SMALL_LIMIT: &str = "[kafka.properties]\n\"message.max.bytes\" = \"100000\
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_large_record_with_stop_exits_non_zero_naming_it_and_holds_the_slot() {
     let env = Env::start(SMALL_LIMIT);
-    let mut outboxd = env.spawn();
-    outboxd.wait_for_log("streaming", Duration::from_secs(30));
+    let mut outboxd = env.spawn_streaming();
     let before = env.confirmed().await;
     let ids = insert_with_a_huge_middle(&env).await;
     let status = outboxd.wait(Duration::from_secs(60));
@@ -324,10 +298,5 @@ async fn too_large_record_with_dead_letter_goes_to_the_dlq_and_later_events_flow
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    outboxd.signal("TERM");
-    assert!(
-        outboxd.wait(Duration::from_secs(30)).success(),
-        "log:\n{}",
-        outboxd.log()
-    );
+    outboxd.terminate();
 }

@@ -135,12 +135,7 @@ async fn metrics_rise_with_traffic_and_readyz_reports_stalls() {
     let (_, last) = get(&address, "/metrics");
     assert!(metric(&last, "outboxd_reconnects_total") >= 1.0, "{last}");
 
-    outboxd.signal("TERM");
-    assert!(
-        outboxd.wait(Duration::from_secs(30)).success(),
-        "log:\n{}",
-        outboxd.log()
-    );
+    outboxd.terminate();
 }
 
 fn output_of(mut command: std::process::Command) -> (bool, String) {
@@ -179,8 +174,7 @@ async fn replay_from_a_saved_lsn_republishes_exactly_the_later_events() {
     env.kafka.create_topic("replayed", 1, 1).unwrap();
     env.kafka.create_topic("dry", 1, 1).unwrap();
     let slot_start = env.confirmed().await;
-    let mut outboxd = env.spawn();
-    outboxd.wait_for_log("streaming", Duration::from_secs(30));
+    let outboxd = env.spawn_streaming();
     let pg = || env.pg.config("postgres", "postgres");
     let first = writer(pg(), 0, 10, 1, 3, Duration::ZERO).await;
     env.read(TOPIC, 10).await;
@@ -244,12 +238,7 @@ async fn replay_from_a_saved_lsn_republishes_exactly_the_later_events() {
         "{text}"
     );
 
-    outboxd.signal("TERM");
-    assert!(
-        outboxd.wait(Duration::from_secs(30)).success(),
-        "log:\n{}",
-        outboxd.log()
-    );
+    outboxd.terminate();
     // After the stop the slot still keeps the window; the checkpoint says what was delivered.
     assert_eq!(env.confirmed().await, slot_start);
     assert!(checkpoint(&env).await > saved);
@@ -294,8 +283,7 @@ async fn heartbeat_keeps_an_idle_outbox_from_pinning_wal_in_a_busy_database() {
     env.pg
         .psql("create table busy (id serial primary key, note text)")
         .unwrap();
-    let mut outboxd = env.spawn();
-    outboxd.wait_for_log("streaming", Duration::from_secs(30));
+    let outboxd = env.spawn_streaming();
     let client = env.pg.connect().await.unwrap();
     let lsn = |sql: &'static str| {
         let client = &client;
@@ -337,19 +325,13 @@ async fn heartbeat_keeps_an_idle_outbox_from_pinning_wal_in_a_busy_database() {
         0,
         "heartbeats are never forwarded"
     );
-    outboxd.signal("TERM");
-    assert!(
-        outboxd.wait(Duration::from_secs(30)).success(),
-        "log:\n{}",
-        outboxd.log()
-    );
+    outboxd.terminate();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cleanup_deletes_only_delivered_rows() {
     let env = Env::start("[cleanup]\ninterval_ms = 300\nolder_than_ms = 0\nbatch_size = 7\n");
-    let mut outboxd = env.spawn();
-    outboxd.wait_for_log("streaming", Duration::from_secs(30));
+    let outboxd = env.spawn_streaming();
     let client = env.pg.connect().await.unwrap();
     let count = || async {
         client
@@ -394,10 +376,5 @@ async fn cleanup_deletes_only_delivered_rows() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    outboxd.signal("TERM");
-    assert!(
-        outboxd.wait(Duration::from_secs(30)).success(),
-        "log:\n{}",
-        outboxd.log()
-    );
+    outboxd.terminate();
 }

@@ -86,6 +86,13 @@ impl Env {
         self.spawn_with_env(&[])
     }
 
+    /// Starts `outboxd run` and waits until it streams.
+    pub(crate) fn spawn_streaming(&self) -> Outboxd {
+        let mut outboxd = self.spawn();
+        outboxd.wait_for_log("streaming", Duration::from_secs(30));
+        outboxd
+    }
+
     /// Starts `outboxd run` with extra environment variables.
     pub(crate) fn spawn_with_env(&self, vars: &[(&str, &str)]) -> Outboxd {
         let n = std::fs::read_dir(self.dir.path()).unwrap().count();
@@ -169,6 +176,13 @@ impl Outboxd {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// SIGTERM, and asserts a clean exit (0) within 30 s.
+    pub(crate) fn terminate(mut self) {
+        self.signal("TERM");
+        let status = self.wait(Duration::from_secs(30));
+        assert!(status.success(), "exit {status}; log:\n{}", self.log());
     }
 
     pub(crate) fn kill9(&mut self) {
