@@ -49,7 +49,7 @@ async fn ten_thousand_events_from_eight_connections_arrive_once_in_order_on_java
         .flatten()
         .collect();
     assert_eq!(written.len(), 10_000);
-    let read = env.read(TOPIC, 10_000).await;
+    let read = env.read(&env.topic, 10_000).await;
     let f = figures(&written, &read);
     assert_eq!((f.lost, f.order_violations, f.duplicates), (0, 0, 0));
     let keys: std::collections::HashSet<&[u8]> = read.iter().map(|r| r.key.as_slice()).collect();
@@ -65,7 +65,7 @@ async fn broker_down_for_ten_seconds_holds_the_slot_and_loses_nothing() {
     let writers = spawn_writers(&env, 4, 500, 10, Duration::from_millis(20));
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    env.kafka.broker_down(1).unwrap();
+    env.mock().broker_down(1).unwrap();
     // Records in flight at this moment cannot be delivered any more; let the
     // acknowledgements of what was delivered before reach the slot.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -75,14 +75,14 @@ async fn broker_down_for_ten_seconds_holds_the_slot_and_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         samples.push(env.confirmed().await);
     }
-    env.kafka.broker_up(1).unwrap();
+    env.mock().broker_up(1).unwrap();
     assert!(
         samples.iter().all(|s| *s == held),
         "slot moved while nothing could be delivered: {held} then {samples:?}"
     );
 
     let written: Vec<String> = join_all(writers).await.into_iter().flatten().collect();
-    let read = env.read(TOPIC, written.len()).await;
+    let read = env.read(&env.topic, written.len()).await;
     let f = figures(&written, &read);
     assert_eq!((f.lost, f.order_violations), (0, 0));
     assert_eq!(
@@ -111,7 +111,7 @@ async fn broker_down_for_ten_seconds_holds_the_slot_and_loses_nothing() {
 async fn restart_after_kill(env: &Env, written: Vec<String>) {
     let confirmed_at_kill = env.confirmed().await;
     // The unacknowledged window: records in Kafka whose transaction the slot had not confirmed.
-    let before = env.read(TOPIC, 0).await;
+    let before = env.read(&env.topic, 0).await;
     let window = before
         .iter()
         .filter(|r| r.header("outboxd.lsn").unwrap().parse::<Lsn>().unwrap() >= confirmed_at_kill)
@@ -122,7 +122,7 @@ async fn restart_after_kill(env: &Env, written: Vec<String>) {
     );
 
     let outboxd = env.spawn();
-    let read = env.read(TOPIC, written.len()).await;
+    let read = env.read(&env.topic, written.len()).await;
     let f = figures(&written, &read);
     assert_eq!(f.lost, 0);
     assert_eq!(f.order_violations, 0);
@@ -154,15 +154,15 @@ async fn kill_9_inside_a_large_transaction_then_restart_loses_nothing() {
     let mut outboxd = env.spawn_streaming();
     let pg = || env.pg.config("postgres", "postgres");
     let mut written = writer(pg(), 100, 100, 1, 5, Duration::ZERO).await;
-    env.kafka
+    env.mock()
         .broker_round_trip_time(1, Duration::from_millis(100))
         .unwrap();
     // One transaction of 40,000 events.
     written.extend(writer(pg(), 101, 1, 40_000, 20, Duration::ZERO).await);
     tokio::time::sleep(Duration::from_secs(3)).await;
     outboxd.kill9();
-    env.kafka.broker_round_trip_time(1, Duration::ZERO).unwrap();
-    let partial = env.read(TOPIC, 0).await.len();
+    env.mock().broker_round_trip_time(1, Duration::ZERO).unwrap();
+    let partial = env.read(&env.topic, 0).await.len();
     assert!(
         partial > 100 && partial < 40_100,
         "the kill must land inside the large transaction ({partial} of 40,100 records were in Kafka)"
@@ -191,7 +191,7 @@ async fn sigterm_under_load_acks_exactly_what_was_delivered_and_a_restart_resend
         .parse()
         .unwrap();
     assert_eq!(env.confirmed().await, delivered, "slot vs checkpoint");
-    let in_kafka = env.read(TOPIC, 0).await;
+    let in_kafka = env.read(&env.topic, 0).await;
     assert!(!in_kafka.is_empty());
     // Everything in Kafka committed before the acknowledged end; nothing after it was acknowledged.
     let max_commit = in_kafka
@@ -206,7 +206,7 @@ async fn sigterm_under_load_acks_exactly_what_was_delivered_and_a_restart_resend
 
     // Restart: nothing already in Kafka is sent again, the rest follows.
     let outboxd = env.spawn();
-    let read = env.read(TOPIC, written.len()).await;
+    let read = env.read(&env.topic, written.len()).await;
     let f = figures(&written, &read);
     assert_eq!((f.lost, f.order_violations, f.duplicates), (0, 0, 0));
     outboxd.terminate();
@@ -247,7 +247,7 @@ async fn too_large_record_with_stop_exits_non_zero_naming_it_and_holds_the_slot(
     );
     assert!(log.contains("public.outbox"), "names the table; log:\n{log}");
     // Only the first event's transaction may be acknowledged.
-    let read = env.read(TOPIC, 1).await;
+    let read = env.read(&env.topic, 1).await;
     assert_eq!(
         read.iter().map(|r| r.header("id").unwrap()).collect::<Vec<_>>(),
         [ids[0].as_str()]
@@ -273,7 +273,7 @@ async fn too_large_record_with_dead_letter_goes_to_the_dlq_and_later_events_flow
     let mut outboxd = env.spawn_with_env(&[("OUTBOXD_KAFKA_ON_PERMANENT_ERROR", "dead-letter")]);
     outboxd.wait_for_log("streaming", Duration::from_secs(30));
     let ids = insert_with_a_huge_middle(&env).await;
-    let read = env.read(TOPIC, 2).await;
+    let read = env.read(&env.topic, 2).await;
     assert_eq!(
         read.iter().map(|r| r.header("id").unwrap()).collect::<Vec<_>>(),
         [ids[0].as_str(), ids[2].as_str()]
@@ -286,7 +286,7 @@ async fn too_large_record_with_dead_letter_goes_to_the_dlq_and_later_events_flow
         "{:?}",
         dlq[0].headers
     );
-    assert_eq!(dlq[0].header("outboxd.original_topic"), Some(TOPIC));
+    assert_eq!(dlq[0].header("outboxd.original_topic"), Some(env.topic.as_str()));
     assert_eq!(dlq[0].key_str(), "agg-7-0");
     // Everything, the dead-lettered transaction included, is acknowledged.
     let last: Lsn = read[1].header("outboxd.lsn").unwrap().parse().unwrap();

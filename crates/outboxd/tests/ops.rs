@@ -85,7 +85,7 @@ async fn metrics_rise_with_traffic_and_readyz_reports_stalls() {
         Duration::ZERO,
     )
     .await;
-    env.read(TOPIC, written.len()).await;
+    env.read(&env.topic, written.len()).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (status, after) = get(&address, "/metrics");
     assert_eq!(status, 200);
@@ -111,13 +111,13 @@ async fn metrics_rise_with_traffic_and_readyz_reports_stalls() {
     );
 
     // Broker down with records in flight: not ready within two thresholds (1 s each, checked every second).
-    env.kafka.broker_down(1).unwrap();
+    env.mock().broker_down(1).unwrap();
     let _ = writer(env.pg.config("postgres", "postgres"), 1, 20, 1, 5, Duration::ZERO).await;
     let (took, body) = tokio::task::block_in_place(|| wait_ready(&address, 503, Duration::from_secs(10)));
     eprintln!("broker down: not ready after {took:?}: {body}");
     assert!(body.contains("delivery stalled"), "{body}");
     assert!(took <= Duration::from_secs(3), "took {took:?}");
-    env.kafka.broker_up(1).unwrap();
+    env.mock().broker_up(1).unwrap();
     tokio::task::block_in_place(|| wait_ready(&address, 200, Duration::from_secs(30)));
 
     // Postgres gone: the walsender is killed and reconnects fail.
@@ -171,19 +171,19 @@ async fn wait_checkpoint_past(env: &Env, lsn: pgoutput::Lsn) -> pgoutput::Lsn {
 async fn replay_from_a_saved_lsn_republishes_exactly_the_later_events() {
     // An hour of retention: the slot stays where it was, the checkpoint moves on.
     let env = Env::start("[retention]\nduration_ms = 3600000\n");
-    env.kafka.create_topic("replayed", 1, 1).unwrap();
-    env.kafka.create_topic("dry", 1, 1).unwrap();
+    env.create_topic("replayed", 1);
+    env.create_topic("dry", 1);
     let slot_start = env.confirmed().await;
     let outboxd = env.spawn_streaming();
     let pg = || env.pg.config("postgres", "postgres");
     let first = writer(pg(), 0, 10, 1, 3, Duration::ZERO).await;
-    env.read(TOPIC, 10).await;
+    env.read(&env.topic, 10).await;
     // The checkpoint is written at most once a second: let it cover all ten.
     wait_checkpoint_past(&env, slot_start).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let saved = checkpoint(&env).await;
     let later = writer(pg(), 1, 15, 1, 3, Duration::ZERO).await;
-    let all = env.read(TOPIC, 25).await;
+    let all = env.read(&env.topic, 25).await;
     assert_eq!(env.confirmed().await, slot_start, "retention holds the slot");
 
     // Dry run: lists the 15 later events, publishes nothing.
@@ -226,7 +226,7 @@ async fn replay_from_a_saved_lsn_republishes_exactly_the_later_events() {
         .header("outboxd.replay")
         .is_some_and(|v| v.starts_with(&format!("from={saved}")))));
     // Normal streaming got no duplicates from it.
-    let main = env.read(TOPIC, 25).await;
+    let main = env.read(&env.topic, 25).await;
     assert_eq!(main.len(), all.len());
     let _ = first;
 
@@ -321,7 +321,7 @@ async fn heartbeat_keeps_an_idle_outbox_from_pinning_wal_in_a_busy_database() {
         "slot lagged {worst_lag} bytes behind an idle outbox"
     );
     assert_eq!(
-        env.read(TOPIC, 0).await.len(),
+        env.read(&env.topic, 0).await.len(),
         0,
         "heartbeats are never forwarded"
     );
@@ -341,9 +341,9 @@ async fn cleanup_deletes_only_delivered_rows() {
             .get::<_, i64>(0)
     };
     let delivered = writer(env.pg.config("postgres", "postgres"), 0, 20, 1, 4, Duration::ZERO).await;
-    env.read(TOPIC, delivered.len()).await;
+    env.read(&env.topic, delivered.len()).await;
     // With the broker down, new rows are committed but not delivered.
-    env.kafka.broker_down(1).unwrap();
+    env.mock().broker_down(1).unwrap();
     let _pending = writer(env.pg.config("postgres", "postgres"), 1, 10, 1, 4, Duration::ZERO).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while count().await > 10 {
@@ -365,8 +365,8 @@ async fn cleanup_deletes_only_delivered_rows() {
         .collect();
     assert_eq!(left, (0..10).map(|n| event_id(1, n)).collect::<Vec<_>>());
     // Once delivered, they go too.
-    env.kafka.broker_up(1).unwrap();
-    env.read(TOPIC, 30).await;
+    env.mock().broker_up(1).unwrap();
+    env.read(&env.topic, 30).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while count().await > 0 {
         assert!(

@@ -14,29 +14,55 @@ use rdkafka::mocking::MockCluster;
 use testkit::kafka::{read_topic, ReadRecord};
 use testkit::PgCluster;
 
-pub(crate) const TOPIC: &str = "outbox.event.order";
 pub(crate) const PARTITIONS: i32 = 6;
+
+/// Set to `host:port` to run the tests that need no fault injection against
+/// a real Kafka-protocol broker instead of the mock cluster.
+pub(crate) const BROKER_VAR: &str = "OUTBOXD_TEST_BROKER";
+
+pub(crate) enum Broker {
+    Mock(MockCluster<'static, rdkafka::producer::DefaultProducerContext>),
+    External(String),
+}
 
 pub(crate) struct Env {
     pub(crate) pg: PgCluster,
-    pub(crate) kafka: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    pub(crate) broker: Broker,
+    /// The topic outbox events go to (unique per test on a real broker).
+    pub(crate) topic: String,
     pub(crate) dir: tempfile::TempDir,
     pub(crate) extra_config: String,
 }
 
 impl Env {
     /// Postgres with the outbox, publication and slot (made by `outboxd setup`);
-    /// a mock Kafka with the topic (and the dead-letter topic).
+    /// Kafka (the mock cluster, or the broker in `OUTBOXD_TEST_BROKER`) with the
+    /// topic and the dead-letter topic.
     pub(crate) fn start(extra_config: &str) -> Env {
         let pg = PgCluster::start().expect("start postgres");
-        let kafka = MockCluster::new(1).expect("mock kafka");
-        kafka.create_topic(TOPIC, PARTITIONS, 1).unwrap();
-        kafka.create_topic("outboxd.dlq", 1, 1).unwrap();
+        let (broker, topic) = match std::env::var(BROKER_VAR) {
+            Ok(bootstrap) if !bootstrap.is_empty() => {
+                let topic = format!("e2e-{}-{}", std::process::id(), unique());
+                create_topics(&bootstrap, &[(&topic, PARTITIONS), ("outboxd.dlq", 1)]);
+                (Broker::External(bootstrap), topic)
+            }
+            _ => {
+                let kafka = MockCluster::new(1).expect("mock kafka");
+                kafka.create_topic("outbox.event.order", PARTITIONS, 1).unwrap();
+                kafka.create_topic("outboxd.dlq", 1, 1).unwrap();
+                (Broker::Mock(kafka), "outbox.event.order".to_owned())
+            }
+        };
+        let mut extra = extra_config.to_owned();
+        if matches!(broker, Broker::External(_)) {
+            extra.push_str(&format!("\n[routing]\ntopic = \"{topic}\"\n"));
+        }
         let env = Env {
             pg,
-            kafka,
+            broker,
+            topic,
             dir: tempfile::tempdir().unwrap(),
-            extra_config: extra_config.to_owned(),
+            extra_config: extra,
         };
         let output = env.command(&["setup", "--create-table"]).output().unwrap();
         assert!(
@@ -47,8 +73,29 @@ impl Env {
         env
     }
 
+    /// The mock cluster, for tests that inject faults.
+    pub(crate) fn mock(&self) -> &MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+        match &self.broker {
+            Broker::Mock(mock) => mock,
+            Broker::External(_) => {
+                panic!("this test injects faults and needs the mock cluster; unset {BROKER_VAR}")
+            }
+        }
+    }
+
     pub(crate) fn bootstrap(&self) -> String {
-        self.kafka.bootstrap_servers()
+        match &self.broker {
+            Broker::Mock(mock) => mock.bootstrap_servers(),
+            Broker::External(bootstrap) => bootstrap.clone(),
+        }
+    }
+
+    /// Creates a topic (on either kind of broker).
+    pub(crate) fn create_topic(&self, topic: &str, partitions: i32) {
+        match &self.broker {
+            Broker::Mock(mock) => mock.create_topic(topic, partitions, 1).unwrap(),
+            Broker::External(bootstrap) => create_topics(bootstrap, &[(topic, partitions)]),
+        }
     }
 
     pub(crate) fn checkpoint_path(&self) -> PathBuf {
@@ -137,6 +184,40 @@ impl Env {
         .await
         .unwrap()
         .unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    u64::from(nanos) * 1000 + NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Creates topics on a real broker with the admin API (existing ones are fine).
+fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let results = tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(admin.create_topics(&new, &AdminOptions::new()))
+    })
+    .expect("create topics");
+    for result in results {
+        match result {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => panic!("cannot create topic {topic}: {code}"),
+        }
     }
 }
 
