@@ -26,6 +26,15 @@ pub const REQUIRED: &[(&str, &str)] = &[
     ("partitioner", "murmur2_random"),
 ];
 
+/// Defaults outboxd sets unless configured: they bound memory (librdkafka's
+/// own defaults allow 1 GiB and 100,000 records in its queue) while leaving
+/// room for throughput. A full queue pauses reading from Postgres.
+pub const DEFAULTS: &[(&str, &str)] = &[
+    ("queue.buffering.max.kbytes", "32768"),
+    ("queue.buffering.max.messages", "100000"),
+    ("linger.ms", "5"),
+];
+
 /// Property names whose values are secrets: never logged or printed.
 const SECRET_HINTS: &[&str] = &[
     "password",
@@ -102,6 +111,11 @@ impl KafkaConfig {
             if *key == "message.timeout.ms" && gapless && checked.contains_key(*key) {
                 continue;
             }
+            checked
+                .entry((*key).to_owned())
+                .or_insert_with(|| (*value).to_owned());
+        }
+        for (key, value) in DEFAULTS {
             checked
                 .entry((*key).to_owned())
                 .or_insert_with(|| (*value).to_owned());
@@ -241,6 +255,17 @@ mod tests {
         }
         assert_eq!(c.get("linger.ms"), Some("5"));
         assert_eq!(c.get("compression.type"), Some("zstd"));
+        assert_eq!(
+            c.get("queue.buffering.max.kbytes"),
+            Some("32768"),
+            "memory bounded by default"
+        );
+        let c = config(&[("queue.buffering.max.kbytes", "1024")]).unwrap();
+        assert_eq!(
+            c.get("queue.buffering.max.kbytes"),
+            Some("1024"),
+            "defaults can be overridden"
+        );
     }
 
     #[test]

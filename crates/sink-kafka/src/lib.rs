@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, Notify};
 use tracing::{debug, error, info, warn};
 
 pub use classify::classify;
-pub use config::{ConfigError, KafkaConfig, REQUIRED};
+pub use config::{ConfigError, KafkaConfig, DEFAULTS, REQUIRED};
 pub use partition::{java_partition, murmur2};
 
 /// Why the sink could not be created.
