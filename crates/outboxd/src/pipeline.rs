@@ -133,18 +133,6 @@ pub enum PipelineError {
     Checkpoint(anyhow::Error),
 }
 
-/// What a sink must also tell the pipeline.
-pub trait SinkStatus {
-    /// Records sent and not yet reported.
-    fn in_flight(&self) -> usize;
-}
-
-impl SinkStatus for sink_kafka::KafkaSink {
-    fn in_flight(&self) -> usize {
-        sink_kafka::KafkaSink::in_flight(self)
-    }
-}
-
 /// A record that failed for good, for the stop message.
 #[derive(Debug)]
 struct Failure {
@@ -173,6 +161,8 @@ pub struct Pipeline<S> {
     history: VecDeque<(Lsn, Instant)>,
     delivered: Lsn,
     stream_stats: Option<Arc<pg_replication::StreamStats>>,
+    /// Records sent whose delivery report has not arrived.
+    outstanding: usize,
 }
 
 impl<S> std::fmt::Debug for Pipeline<S> {
@@ -183,7 +173,7 @@ impl<S> std::fmt::Debug for Pipeline<S> {
     }
 }
 
-impl<S: Sink + SinkStatus> Pipeline<S> {
+impl<S: Sink> Pipeline<S> {
     /// A pipeline starting at `start` (everything before it is delivered).
     pub fn new(
         options: PipelineOptions,
@@ -214,6 +204,7 @@ impl<S: Sink + SinkStatus> Pipeline<S> {
             history: VecDeque::new(),
             delivered: start,
             stream_stats: None,
+            outstanding: 0,
         }
     }
 
@@ -250,16 +241,29 @@ impl<S: Sink + SinkStatus> Pipeline<S> {
     ) -> Result<(), PipelineError> {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
+        // Set once shutdown is requested: finish the open transaction (its
+        // records may already be in Kafka; stopping inside it would leave
+        // them unacknowledged and re-sent after the restart), then stop.
+        let mut stopping: Option<tokio::time::Instant> = None;
         loop {
             if self.failure.is_some() {
                 // Stop reading; what is in flight is drained by the caller.
                 return Ok(());
             }
+            if let Some(deadline) = stopping {
+                if self.open.is_none() {
+                    return Ok(());
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    warn!("shutdown inside a transaction: its records are re-sent after the restart");
+                    return Ok(());
+                }
+            }
             tokio::select! {
                 biased;
-                () = &mut shutdown => {
-                    info!("shutdown requested: stop reading, drain deliveries");
-                    return Ok(());
+                () = &mut shutdown, if stopping.is_none() => {
+                    info!("shutdown requested: finish the open transaction, stop reading, drain deliveries");
+                    stopping = Some(tokio::time::Instant::now() + self.options.drain_timeout / 2);
                 }
                 Some(delivery) = self.deliveries.recv() => self.on_delivery(delivery).await?,
                 event = stream.next() => match event {
@@ -295,6 +299,7 @@ impl<S: Sink + SinkStatus> Pipeline<S> {
                             .send(record, seq)
                             .await
                             .map_err(|e| PipelineError::Sink(e, self.tracker.confirmed()))?;
+                        self.outstanding += 1;
                     }
                     Err(Unmappable { id, error }) => self.permanent(seq, None, id, position, error).await?,
                 }
@@ -316,6 +321,7 @@ impl<S: Sink + SinkStatus> Pipeline<S> {
     }
 
     async fn on_delivery(&mut self, delivery: Delivery) -> Result<(), PipelineError> {
+        self.outstanding = self.outstanding.saturating_sub(1);
         if let Err(err) = &delivery.result {
             self.metrics.delivery_error(err.class);
         }
@@ -376,11 +382,12 @@ impl<S: Sink + SinkStatus> Pipeline<S> {
             self.summary.dead_lettered += 1;
             self.metrics.dead_lettered();
             self.metrics.sent(&dead.topic, record_bytes(&dead));
-            return self
-                .sink
+            self.sink
                 .send(dead, seq)
                 .await
-                .map_err(|e| PipelineError::Sink(e, self.tracker.confirmed()));
+                .map_err(|e| PipelineError::Sink(e, self.tracker.confirmed()))?;
+            self.outstanding += 1;
+            return Ok(());
         }
         error!(id = %id, lsn = %position.commit_lsn, index = position.index, error = %error,
                "record cannot be delivered; stopping");
@@ -405,25 +412,14 @@ impl<S: Sink + SinkStatus> Pipeline<S> {
     /// Waits for outstanding deliveries (up to the drain timeout).
     async fn drain(&mut self) -> Result<(), PipelineError> {
         let deadline = tokio::time::Instant::now() + self.options.drain_timeout;
-        loop {
-            while let Ok(delivery) = self.deliveries.try_recv() {
-                self.on_delivery(delivery).await?;
-            }
-            if self.sink.in_flight() == 0 {
-                // Reports are sent before librdkafka's count drops: take the last ones.
-                while let Ok(delivery) = self.deliveries.try_recv() {
-                    self.on_delivery(delivery).await?;
-                }
-                if self.sink.in_flight() == 0 {
-                    return Ok(());
-                }
-            }
+        while self.outstanding > 0 {
             match tokio::time::timeout_at(deadline, self.deliveries.recv()).await {
                 Ok(Some(delivery)) => self.on_delivery(delivery).await?,
-                Ok(None) => return Ok(()),
-                Err(_) => return Err(PipelineError::DrainTimeout(self.sink.in_flight())),
+                Ok(None) => break,
+                Err(_) => return Err(PipelineError::DrainTimeout(self.outstanding)),
             }
         }
+        Ok(())
     }
 
     /// Acknowledges the tracker's confirmed position; writes the checkpoint
