@@ -554,6 +554,22 @@ mod tests {
     }
 
     #[test]
+    fn the_docker_config_is_valid_with_the_compose_environment() {
+        let mut config = Config::from_toml(include_str!("../../../docker/outboxd.toml")).unwrap();
+        config
+            .apply_env([
+                (
+                    "OUTBOXD_POSTGRES_URL".to_owned(),
+                    "postgres://outboxd:pw@postgres:5432/app".to_owned(),
+                ),
+                ("OUTBOXD_KAFKA_BROKERS".to_owned(), "kafka:9092".to_owned()),
+            ])
+            .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.admin.listen, "0.0.0.0:9187");
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         let err = Config::from_toml("[postgres]\nslott = \"x\"\n").unwrap_err();
         assert!(format!("{err:#}").contains("unknown field `slott`"), "{err:#}");

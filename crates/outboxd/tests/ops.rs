@@ -4,6 +4,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use rdkafka::mocking::MockCluster;
 use testkit::StopMode;
 
 use crate::support::*;
@@ -377,4 +378,112 @@ async fn cleanup_deletes_only_delivered_rows() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     outboxd.terminate();
+}
+
+fn sql_file(name: &str) -> String {
+    std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../sql")
+            .join(name),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sql_files_apply_twice_give_a_least_privilege_role_and_a_working_tableless_outbox() {
+    let pg = testkit::PgCluster::start().unwrap();
+    let role = format!("\\set outboxd_password 'secret'\n{}", sql_file("03_role.sql"));
+    for _ in 0..2 {
+        for file in ["01_outbox_table.sql", "02_publication.sql", "04_cleanup.sql"] {
+            pg.psql(&sql_file(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+        pg.psql(&role).unwrap();
+    }
+    let client = pg.connect().await.unwrap();
+    let row = client
+        .query_one(
+            "select rolcanlogin, rolreplication, rolsuper, rolcreatedb, rolcreaterole,
+                    has_table_privilege('outboxd', 'public.outbox', 'select'),
+                    has_table_privilege('outboxd', 'public.outbox', 'insert'),
+                    has_table_privilege('outboxd', 'public.outbox', 'delete')
+               from pg_roles where rolname = 'outboxd'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let flags: Vec<bool> = (0..8).map(|i| row.get(i)).collect();
+    assert_eq!(flags, [true, true, false, false, false, true, false, false]);
+    let publishes: (bool, bool) = client
+        .query_one("select pubinsert, pubupdate or pubdelete or pubtruncate from pg_publication where pubname = 'outboxd'", &[])
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(publishes, (true, false));
+
+    // Cleanup: only rows older than the retention go; too short a retention is refused.
+    client
+        .batch_execute(
+            "insert into outbox (id, aggregatetype, aggregateid, type, payload, created_at)
+             select gen_random_uuid(), 'order', 'a', 'T', '{}', now() - make_interval(hours => h)
+               from generate_series(1, 5) h",
+        )
+        .await
+        .unwrap();
+    let deleted: i64 = client
+        .query_one("select outboxd_cleanup(interval '3 hours 30 minutes', 1)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(deleted, 2, "rows 4 and 5 hours old");
+    assert!(client
+        .query_one("select outboxd_cleanup(interval '1 minute')", &[])
+        .await
+        .is_err());
+
+    // The table-less example, streamed by outboxd with message_prefix = "outboxd".
+    let kafka = MockCluster::new(1).unwrap();
+    kafka.create_topic("outbox.event.order", 1, 1).unwrap();
+    let client_slot = pg.connect().await.unwrap();
+    pg_replication::catalog::create_slot(&client_slot, "outboxd")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("outboxd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[postgres]\nurl = \"{}\"\nmessage_prefix = \"outboxd\"\n[kafka]\nbrokers = \"{}\"\n\
+             [checkpoint]\npath = \"{}\"\n[admin]\nlisten = \"\"\n",
+            pg.url("outboxd", "postgres"),
+            kafka.bootstrap_servers(),
+            dir.path().join("cp").display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_outboxd"))
+        .args(["--config", config.to_str().unwrap(), "run"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    pg.psql(&sql_file("05_tableless_outbox.sql")).unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    let read = tokio::task::spawn_blocking(move || {
+        testkit::kafka::read_topic(
+            &bootstrap,
+            "outbox.event.order",
+            1,
+            Duration::from_millis(500),
+            Duration::from_secs(30),
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].key_str(), "42");
+    assert_eq!(read[0].header("type"), Some("OrderCreated"));
+    let payload: serde_json::Value = serde_json::from_slice(read[0].value.as_deref().unwrap()).unwrap();
+    assert_eq!(payload["amount_cents"], 1999);
 }
