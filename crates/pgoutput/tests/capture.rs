@@ -606,9 +606,78 @@ layout only: with `streaming = parallel`, Stream Abort carries the abort LSN and
 | `stream_abort-v4-parallel_handmade.bin` | 'A', xid 745, subxid 745, abort LSN 1/1A2B3C8, abort time 817430400123456 µs |
 | `stream_abort-v4-parallel_subxact_handmade.bin` | 'A', xid 745, subxid 747, abort LSN 1/1A2B100, abort time 817430400000001 µs |
 
-## Not committed
+## The 1 MB value, compressed
 
-The 1 MB value (an insert into `toasty` of `string_agg(md5(i::text), '')` over 1..32768) is too large to
-commit. The capture program decodes it from the live server and checks it byte for byte against the
-stored value; the pg-replication integration tests stream a 1 MB TOASTed payload end to end.
+`insert-v1-one_megabyte.bin.gz` is an Insert carrying a 1 MiB TOASTed text value (`toasty.big`,
+storage external), captured by `cargo test -p pgoutput --test main -- --ignored capture_large_value_fixture`
+on its own cluster (so re-capturing it moves nothing else). Raw it is 1 MiB, too large to commit; the value
+is `repeat('outboxd-', 131072)`, so the message gzips to about 1 KiB. It is not cut and flipped at every
+byte like the others (a trillion bytes of copying); its test checks cuts near both ends and every 4 KiB.
+Server: PostgreSQL 15.20; relation OID of `toasty` there: 16384. Besides, `capture_fixtures` checks an
+incompressible 1 MiB value (`string_agg(md5(i::text), '')` over 1..32768) byte for byte against the stored
+one, and the pg-replication integration tests stream a 1 MiB TOASTed payload end to end.
 ";
+
+/// The 1 MB value as a fixture: an Insert of a 1 MiB externally stored
+/// (TOASTed) text. On a cluster of its own, so that capturing it again does
+/// not move the LSNs and OIDs the other fixtures' tests assert. Stored
+/// gzip-compressed: the value is repetitive so the file stays about a kilobyte.
+#[tokio::test]
+#[ignore = "captures the 1 MB fixture from a live server; rewrites tests/fixtures/insert-v1-one_megabyte.bin.gz"]
+async fn capture_large_value_fixture() {
+    let cluster = PgCluster::builder().start().unwrap();
+    let client = cluster.connect().await.unwrap();
+    // One statement per call: a multi-statement query is one transaction, and
+    // a slot cannot be created in a transaction that has written.
+    for sql in [
+        "create table toasty (id int primary key, n int, big text)",
+        "alter table toasty alter column big set storage external",
+        "create publication pub for all tables",
+        "select pg_create_logical_replication_slot('big', 'pgoutput')",
+        "insert into toasty values (2, 0, repeat('outboxd-', 131072))",
+    ] {
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let (oid, stored, external): (u32, String, bool) = {
+        let row = client
+            .query_one(
+                "select 'toasty'::regclass::oid, big, pg_column_size(big) < octet_length(big)                  from toasty where id = 2",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert_eq!(stored.len(), 1 << 20);
+    assert!(
+        !external,
+        "the value should be stored uncompressed (storage external)"
+    );
+    let rows = client
+        .query(
+            "select data from pg_logical_slot_peek_binary_changes('big', NULL, NULL,              'proto_version', '1', 'publication_names', 'pub')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let insert: Vec<u8> = rows
+        .iter()
+        .map(|r| r.get::<_, Vec<u8>>(0))
+        .find(|d| d.first() == Some(&b'I'))
+        .expect("an Insert message");
+    match decode_message(&Bytes::from(insert.clone()), &DecodeContext::new(1)).unwrap() {
+        LogicalReplicationMessage::Insert(i) => {
+            assert_eq!(i.relation_id, oid);
+            assert_eq!(i.new.columns[2], ColumnValue::Text(Bytes::from(stored)));
+        }
+        other => panic!("{other:?}"),
+    }
+    fixture::save_gz("insert-v1-one_megabyte", &insert);
+    eprintln!(
+        "saved insert-v1-one_megabyte.bin.gz: {} bytes raw, relation OID {oid}",
+        insert.len()
+    );
+}

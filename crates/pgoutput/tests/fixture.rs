@@ -93,3 +93,32 @@ pub(crate) fn load(name: &str) -> Fixture {
         bytes: Bytes::from(bytes),
     }
 }
+
+/// A fixture too large to commit raw, stored as `<name>.bin.gz`. It is not
+/// among [`all`]: the robustness tests cut and flip every byte of every
+/// fixture, which for a megabyte would be a trillion bytes of copying.
+pub(crate) fn load_gz(name: &str) -> Fixture {
+    use std::io::Read as _;
+
+    let path = dir().join(format!("{name}.bin.gz"));
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()));
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(file)
+        .read_to_end(&mut bytes)
+        .unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()));
+    Fixture {
+        name: name.to_owned(),
+        bytes: Bytes::from(bytes),
+    }
+}
+
+/// Writes `bytes` as the compressed fixture `<name>.bin.gz`.
+pub(crate) fn save_gz(name: &str, bytes: &[u8]) {
+    use std::io::Write as _;
+
+    let path = dir().join(format!("{name}.bin.gz"));
+    let file = std::fs::File::create(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::best());
+    gz.write_all(bytes).unwrap();
+    gz.finish().unwrap().sync_all().unwrap();
+}

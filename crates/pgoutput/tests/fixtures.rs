@@ -204,6 +204,28 @@ fn insert_v1_nulls() {
     );
 }
 
+/// The 1 MiB TOASTed value (`repeat('outboxd-', 131072)`), captured on a
+/// cluster of its own where `toasty` got OID 16384; stored gzip-compressed.
+#[test]
+fn insert_v1_one_megabyte() {
+    let f = fixture::load_gz("insert-v1-one_megabyte");
+    assert_eq!(
+        f.bytes.len(),
+        1_048_601,
+        "tag, OID, 'N', 3 columns, 1 MiB of text"
+    );
+    let decoded = f.decode().unwrap();
+    assert_eq!(decoded.encode(), f.bytes);
+    assert_eq!(
+        decoded,
+        Decoded::Logical(M::Insert(Insert {
+            xid: None,
+            relation_id: 16384,
+            new: tuple(vec![t("2"), t("0"), t(&"outboxd-".repeat(131_072))]),
+        }))
+    );
+}
+
 #[test]
 fn insert_v1_binary() {
     let b = |bytes: &[u8]| ColumnValue::Binary(Bytes::copy_from_slice(bytes));

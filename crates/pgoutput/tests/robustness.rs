@@ -34,6 +34,35 @@ fn every_fixture_cut_at_every_offset_is_an_error() {
     eprintln!("{} fixtures, {cuts} cuts, all errors", fixtures.len());
 }
 
+/// The 1 MiB fixture is left out of the every-offset tests (a trillion bytes
+/// of copying): its cuts near both ends and at every 4 KiB are errors, and
+/// so is each of its length fields claiming one byte more.
+#[test]
+fn one_megabyte_fixture_cut_anywhere_is_an_error() {
+    let f = fixture::load_gz("insert-v1-one_megabyte");
+    let len = f.bytes.len();
+    let cuts: Vec<usize> = (0..64)
+        .chain((64..len).step_by(4096))
+        .chain(len - 64..len)
+        .collect();
+    for &cut in &cuts {
+        let result = f.decode_bytes(&f.bytes.slice(..cut));
+        assert!(result.is_err(), "cut at {cut} decoded");
+    }
+    // The value's length field (after tag, OID, 'N', column count and the
+    // two small columns) says 1 MiB + 1: truncated, not a read past the end.
+    let mut longer = f.bytes.to_vec();
+    let at = 1 + 4 + 1 + 2 + (1 + 4 + 1) * 2 + 1;
+    let claimed = u32::from_be_bytes(longer[at..at + 4].try_into().unwrap());
+    assert_eq!(claimed, 1 << 20);
+    longer[at..at + 4].copy_from_slice(&(claimed + 1).to_be_bytes());
+    let err = f
+        .decode_bytes(&Bytes::from(longer))
+        .expect_err("length past the end");
+    assert!(matches!(err.kind(), DecodeErrorKind::Truncated { .. }), "{err}");
+    eprintln!("1 MiB fixture: {} cuts, all errors", cuts.len());
+}
+
 #[test]
 fn every_fixture_with_a_trailing_byte_is_an_error() {
     for f in fixture::all().iter().filter(|f| !f.name.starts_with("xlogdata-")) {
