@@ -64,7 +64,8 @@ struct Cli {
     /// Rows per transaction of the backlog; one throughput scenario each.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1u64, 100])]
     tx_size: Vec<u64>,
-    /// Runs of each throughput consumer on the same backlog (each on its own slot).
+    /// Runs of each throughput consumer on the same backlog (each on its own slot);
+    /// with more than one, a row with each consumer's median run is added.
     #[arg(long, default_value_t = 1)]
     repeat: u32,
     /// Steady load: events per second the application inserts.
@@ -377,6 +378,7 @@ impl Bench {
             out.push(row);
         }
         backlog::drop_slots(&self.loader, &slots).await?;
+        out.extend(medians(&out));
         Ok(out)
     }
 
@@ -400,6 +402,41 @@ impl Bench {
             timeout: 3600,
         }
     }
+}
+
+/// With `--repeat`, one more row per consumer: its median run by events/s,
+/// compared with the reference's median run. Single runs on a 2-core machine
+/// shared with the server swing by ±10 %; the median of three does not.
+fn medians(rows: &[Row]) -> Vec<Row> {
+    let mut scenarios: Vec<&str> = Vec::new();
+    for row in rows {
+        if !scenarios.contains(&row.scenario.as_str()) {
+            scenarios.push(&row.scenario);
+        }
+    }
+    let median_of = |scenario: &str| {
+        let mut runs: Vec<&Row> = rows.iter().filter(|r| r.scenario == scenario).collect();
+        runs.sort_by(|a, b| a.eps().total_cmp(&b.eps()));
+        (runs.len(), runs[runs.len() / 2])
+    };
+    let reference_eps = scenarios
+        .iter()
+        .find(|s| s.starts_with("pg_recvlogical"))
+        .map(|s| median_of(s).1.eps());
+    scenarios
+        .iter()
+        .filter_map(|scenario| {
+            let (runs, median) = median_of(scenario);
+            (runs > 1).then(|| {
+                let mut row = Row::new(format!("median of {runs}: {scenario}"), median.report.clone());
+                row.note = median.note.clone();
+                if !scenario.starts_with("pg_recvlogical") {
+                    row.reference_eps = reference_eps;
+                }
+                row
+            })
+        })
+        .collect()
 }
 
 impl std::fmt::Debug for Bench {
