@@ -469,14 +469,31 @@ pub async fn status(config: &Config) -> anyhow::Result<Vec<(String, String)>> {
     };
     let checkpoint = CheckpointStore::new(&config.checkpoint.path).load()?;
     match checkpoint {
-        Some(delivered) => {
+        Some(checkpoint) => {
+            let delivered = checkpoint.delivered_end_lsn;
+            let age = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                .checked_sub(checkpoint.written_at_unix)
+                .filter(|_| checkpoint.written_at_unix > 0)
+                .map(|secs| format!(", written {secs} s ago"))
+                .unwrap_or_default();
             lines.push((
                 "checkpoint".into(),
                 format!(
-                    "{delivered} (last delivered end LSN, {})",
+                    "{delivered} (last delivered end LSN{age}, {})",
                     config.checkpoint.path.display()
                 ),
             ));
+            if let Some(last) = &checkpoint.last_event {
+                lines.push((
+                    "last delivered event".into(),
+                    format!(
+                        "id {} (outboxd.lsn {}, outboxd.index {})",
+                        last.id, last.commit_lsn, last.index
+                    ),
+                ));
+            }
             if let Some(confirmed) = confirmed {
                 lines.push((
                     "replay window".into(),
@@ -493,14 +510,15 @@ pub async fn status(config: &Config) -> anyhow::Result<Vec<(String, String)>> {
             format!("none yet ({})", config.checkpoint.path.display()),
         )),
     }
-    if let Some(row) = last_event(config, &client).await {
-        lines.push(("last outbox row".into(), row));
+    if let Some(row) = newest_row(config, &client).await {
+        lines.push(("newest outbox row".into(), row));
     }
     Ok(lines)
 }
 
-/// The newest outbox row by creation time, if the table has the default columns.
-async fn last_event(config: &Config, client: &Client) -> Option<String> {
+/// The newest outbox row by creation time (delivered or not), if the table
+/// has the default columns.
+async fn newest_row(config: &Config, client: &Client) -> Option<String> {
     let table = config.tables().ok()?.into_iter().next()?;
     let sql = format!(
         "select {id}::text, {agg}::text, created_at::text from {t} order by created_at desc limit 1",

@@ -16,12 +16,53 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use pgoutput::Lsn;
 
+/// What a checkpoint records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The end of the longest prefix of transactions whose every record was
+    /// delivered: transactions ending at or before it are not sent again.
+    pub delivered_end_lsn: Lsn,
+    /// The last event of that prefix, for `outboxd status` (`None` before the
+    /// first delivered event, and in files of older versions).
+    pub last_event: Option<LastEvent>,
+    /// When the file was written, in seconds since the Unix epoch (0 if unknown).
+    pub written_at_unix: u64,
+}
+
+/// The last delivered event: enough to find it in Kafka and in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastEvent {
+    /// Its event id.
+    pub id: String,
+    /// Commit LSN of its transaction (the `outboxd.lsn` header).
+    pub commit_lsn: Lsn,
+    /// Index in the transaction (the `outboxd.index` header).
+    pub index: u64,
+}
+
+impl Checkpoint {
+    /// A checkpoint of `delivered_end_lsn` written now.
+    pub fn now(delivered_end_lsn: Lsn, last_event: Option<LastEvent>) -> Self {
+        let written_at_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Checkpoint {
+            delivered_end_lsn,
+            last_event,
+            written_at_unix,
+        }
+    }
+}
+
 /// A checkpoint file.
 #[derive(Debug, Clone)]
 pub struct CheckpointStore {
     path: PathBuf,
 }
 
+/// Line 1 of the file. Line 2 is always `delivered_end_lsn = …`; the lines
+/// after it are informational, and a reader ignores lines it does not know,
+/// so files stay readable in both directions across versions.
 const HEADER: &str = "outboxd-checkpoint v1";
 
 impl CheckpointStore {
@@ -35,8 +76,8 @@ impl CheckpointStore {
         &self.path
     }
 
-    /// The stored position; `None` if there is no checkpoint yet.
-    pub fn load(&self) -> anyhow::Result<Option<Lsn>> {
+    /// The stored checkpoint; `None` if there is none yet.
+    pub fn load(&self) -> anyhow::Result<Option<Checkpoint>> {
         let text = match fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -51,17 +92,35 @@ impl CheckpointStore {
                 self.path.display()
             );
         }
-        let lsn = lines
-            .find_map(|line| line.strip_prefix("delivered_end_lsn = "))
+        let field = |name: &str| {
+            text.lines()
+                .skip(1)
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(" = "))
+                .map(str::trim)
+        };
+        let lsn = field("delivered_end_lsn")
             .with_context(|| format!("{} has no delivered_end_lsn line", self.path.display()))?;
-        let lsn: Lsn = lsn.trim().parse().map_err(|e| {
+        let delivered_end_lsn: Lsn = lsn.parse().map_err(|e| {
             anyhow::anyhow!("{}: invalid delivered_end_lsn {lsn:?}: {e}", self.path.display())
         })?;
-        Ok(Some(lsn))
+        // Informational: a damaged one is dropped, never a reason to refuse the position.
+        let last_event = (|| {
+            Some(LastEvent {
+                id: serde_json::from_str(field("last_event_id")?).ok()?,
+                commit_lsn: field("last_event_commit_lsn")?.parse().ok()?,
+                index: field("last_event_index")?.parse().ok()?,
+            })
+        })();
+        let written_at_unix = field("written_at_unix").and_then(|v| v.parse().ok()).unwrap_or(0);
+        Ok(Some(Checkpoint {
+            delivered_end_lsn,
+            last_event,
+            written_at_unix,
+        }))
     }
 
-    /// Stores `lsn` durably.
-    pub fn store(&self, lsn: Lsn) -> anyhow::Result<()> {
+    /// Stores `checkpoint` durably.
+    pub fn store(&self, checkpoint: &Checkpoint) -> anyhow::Result<()> {
         let dir = match self.path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
             _ => PathBuf::from("."),
@@ -71,9 +130,19 @@ impl CheckpointStore {
             .file_name()
             .context("checkpoint.path has no file name")?;
         let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+        let mut text = format!("{HEADER}\ndelivered_end_lsn = {}\n", checkpoint.delivered_end_lsn);
+        if let Some(last) = &checkpoint.last_event {
+            // The id is the application's text: quoted, so no newline in it can break the file.
+            let id = serde_json::to_string(&last.id).unwrap_or_else(|_| "\"?\"".to_owned());
+            text.push_str(&format!(
+                "last_event_id = {id}\nlast_event_commit_lsn = {}\nlast_event_index = {}\n",
+                last.commit_lsn, last.index
+            ));
+        }
+        text.push_str(&format!("written_at_unix = {}\n", checkpoint.written_at_unix));
         let write = || -> std::io::Result<()> {
             let mut file = File::create(&tmp)?;
-            writeln!(file, "{HEADER}\ndelivered_end_lsn = {lsn}")?;
+            file.write_all(text.as_bytes())?;
             file.sync_all()?;
             fs::rename(&tmp, &self.path)?;
             File::open(&dir)?.sync_all()
@@ -86,21 +155,68 @@ impl CheckpointStore {
 mod tests {
     use super::*;
 
+    fn checkpoint(lsn: u64, last: Option<(&str, u64, u64)>, at: u64) -> Checkpoint {
+        Checkpoint {
+            delivered_end_lsn: Lsn::new(lsn),
+            last_event: last.map(|(id, commit, index)| LastEvent {
+                id: id.to_owned(),
+                commit_lsn: Lsn::new(commit),
+                index,
+            }),
+            written_at_unix: at,
+        }
+    }
+
     #[test]
     fn stores_and_loads_and_overwrites() {
         let dir = tempfile::tempdir().unwrap();
         let store = CheckpointStore::new(dir.path().join("cp"));
         assert_eq!(store.load().unwrap(), None);
-        store.store(Lsn::new(0x16_B374_D848)).unwrap();
-        assert_eq!(store.load().unwrap(), Some(Lsn::new(0x16_B374_D848)));
-        store.store(Lsn::new(0x17_0000_0000)).unwrap();
-        assert_eq!(store.load().unwrap(), Some(Lsn::new(0x17_0000_0000)));
+        let first = checkpoint(0x16_B374_D848, None, 5);
+        store.store(&first).unwrap();
+        assert_eq!(store.load().unwrap(), Some(first));
+        let second = checkpoint(
+            0x17_0000_0000,
+            Some(("e-1\nwith a newline", 0x16_FFFF_0000, 3)),
+            1_764_650_000,
+        );
+        store.store(&second).unwrap();
+        assert_eq!(store.load().unwrap(), Some(second));
         let text = fs::read_to_string(store.path()).unwrap();
-        assert_eq!(text, "outboxd-checkpoint v1\ndelivered_end_lsn = 17/0\n");
+        assert_eq!(
+            text,
+            "outboxd-checkpoint v1\ndelivered_end_lsn = 17/0\nlast_event_id = \"e-1\\nwith a newline\"\n\
+             last_event_commit_lsn = 16/FFFF0000\nlast_event_index = 3\nwritten_at_unix = 1764650000\n"
+        );
         assert_eq!(
             fs::read_dir(dir.path()).unwrap().count(),
             1,
             "no temporary file left"
+        );
+    }
+
+    #[test]
+    fn a_file_with_the_position_only_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp");
+        fs::write(
+            &path,
+            "outboxd-checkpoint v1\ndelivered_end_lsn = 0/16B3748\nsomething_newer = 1\n",
+        )
+        .unwrap();
+        assert_eq!(
+            CheckpointStore::new(&path).load().unwrap(),
+            Some(checkpoint(0x16B_3748, None, 0))
+        );
+        // A damaged informational line loses the information, not the position.
+        fs::write(
+            &path,
+            "outboxd-checkpoint v1\ndelivered_end_lsn = 0/10\nlast_event_id = unquoted\n",
+        )
+        .unwrap();
+        assert_eq!(
+            CheckpointStore::new(&path).load().unwrap(),
+            Some(checkpoint(0x10, None, 0))
         );
     }
 

@@ -166,7 +166,7 @@ fn main() -> ExitCode {
             }
             Command::Status => {
                 for (key, value) in status(&config).await? {
-                    println!("{key:<16} {value}");
+                    println!("{key:<20} {value}");
                 }
                 Ok(())
             }

@@ -29,7 +29,7 @@ use pgoutput::ColumnValue;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
-use crate::checkpoint::CheckpointStore;
+use crate::checkpoint::{Checkpoint, CheckpointStore, LastEvent};
 use crate::config::PermanentErrorPolicy;
 use crate::metrics::Metrics;
 
@@ -163,6 +163,13 @@ pub struct Pipeline<S> {
     stream_stats: Option<Arc<pg_replication::StreamStats>>,
     /// Records sent whose delivery report has not arrived.
     outstanding: usize,
+    /// The last event of the open transaction.
+    open_last: Option<LastEvent>,
+    /// The last event of each committed transaction not yet confirmed, in
+    /// stream order (one entry per transaction in flight).
+    committed_last: VecDeque<(Lsn, LastEvent)>,
+    /// The last event of the confirmed prefix, for the checkpoint.
+    last_delivered: Option<LastEvent>,
 }
 
 impl<S> std::fmt::Debug for Pipeline<S> {
@@ -205,6 +212,9 @@ impl<S: Sink> Pipeline<S> {
             delivered: start,
             stream_stats: None,
             outstanding: 0,
+            open_last: None,
+            committed_last: VecDeque::new(),
+            last_delivered: None,
         }
     }
 
@@ -291,6 +301,11 @@ impl<S: Sink> Pipeline<S> {
                 else {
                     return Ok(());
                 };
+                let id = match &record {
+                    Ok(record) => &record.id,
+                    Err(unmappable) => &unmappable.id,
+                };
+                note_event(&mut self.open_last, id, position);
                 match record {
                     Ok(record) => {
                         self.summary.sent += 1;
@@ -309,6 +324,9 @@ impl<S: Sink> Pipeline<S> {
                 self.tracker.commit(seq, commit.end_lsn).map_err(internal)?;
                 self.metrics.committed(commit.end_lsn, commit.commit_time);
                 self.open = None;
+                if let Some(last) = self.open_last.take() {
+                    self.committed_last.push_back((commit.end_lsn, last));
+                }
             }
             other => debug!(?other, "event ignored"),
         }
@@ -428,6 +446,13 @@ impl<S: Sink> Pipeline<S> {
         let confirmed = self.tracker.confirmed();
         let now = Instant::now();
         if confirmed > self.delivered {
+            while self
+                .committed_last
+                .front()
+                .is_some_and(|(end, _)| *end <= confirmed)
+            {
+                self.last_delivered = self.committed_last.pop_front().map(|(_, last)| last);
+            }
             self.delivered = confirmed;
             self.summary.confirmed = confirmed;
             self.metrics.acked(confirmed);
@@ -467,7 +492,9 @@ impl<S: Sink> Pipeline<S> {
         let due = last || self.last_checkpoint.elapsed() >= self.options.checkpoint_interval;
         if due && self.delivered > self.checkpointed {
             if let Some(store) = &self.checkpoint {
-                store.store(self.delivered).map_err(PipelineError::Checkpoint)?;
+                store
+                    .store(&Checkpoint::now(self.delivered, self.last_delivered.clone()))
+                    .map_err(PipelineError::Checkpoint)?;
             }
             self.checkpointed = self.delivered;
             self.last_checkpoint = now;
@@ -570,6 +597,25 @@ fn map_and_route(
         .map_err(|e| format!("{source}: {e}"))
         .and_then(|event| routing.route(&event, None).map_err(|e| format!("{source}: {e}")))
         .map_err(|error| Unmappable { id, error })
+}
+
+/// Remembers `id` as the open transaction's last event, reusing the buffer.
+fn note_event(last: &mut Option<LastEvent>, id: &str, position: Position) {
+    match last {
+        Some(last) => {
+            last.id.clear();
+            last.id.push_str(id);
+            last.commit_lsn = position.commit_lsn;
+            last.index = position.index;
+        }
+        None => {
+            *last = Some(LastEvent {
+                id: id.to_owned(),
+                commit_lsn: position.commit_lsn,
+                index: position.index,
+            })
+        }
+    }
 }
 
 fn record_bytes(record: &Record) -> usize {

@@ -65,7 +65,10 @@ pub async fn run_from(
     let options = pipeline_options(config).map_err(RunError::Setup)?;
     let kafka = config.kafka().map_err(RunError::Setup)?;
     let checkpoint = CheckpointStore::new(&config.checkpoint.path);
-    let saved = checkpoint.load().map_err(RunError::Setup)?;
+    let saved = checkpoint
+        .load()
+        .map_err(RunError::Setup)?
+        .map(|c| c.delivered_end_lsn);
     let mut stream_config = config.stream().map_err(RunError::Setup)?;
     let start = match start_lsn {
         Some(lsn) => {

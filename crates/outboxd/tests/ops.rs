@@ -242,7 +242,36 @@ async fn replay_from_a_saved_lsn_republishes_exactly_the_later_events() {
     outboxd.terminate();
     // After the stop the slot still keeps the window; the checkpoint says what was delivered.
     assert_eq!(env.confirmed().await, slot_start);
-    assert!(checkpoint(&env).await > saved);
+    let delivered = checkpoint(&env).await;
+    assert!(delivered > saved);
+
+    // `status` shows the slot, the checkpoint with the last delivered event, and the window.
+    let (ok, text) = output_of(env.command(&["status"]));
+    assert!(ok, "{text}");
+    eprintln!("{text}");
+    let line = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key).filter(|rest| rest.starts_with(' ')))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {key:?} line in:\n{text}"))
+            .to_owned()
+    };
+    assert_eq!(line("slot confirmed"), slot_start.to_string());
+    assert!(line("checkpoint").starts_with(&format!("{delivered} (last delivered end LSN, written ")));
+    let last_id = later.last().unwrap();
+    let last = all
+        .iter()
+        .find(|r| r.header("id") == Some(last_id.as_str()))
+        .unwrap();
+    assert_eq!(
+        line("last delivered event"),
+        format!(
+            "id {last_id} (outboxd.lsn {}, outboxd.index {})",
+            last.header("outboxd.lsn").unwrap(),
+            last.header("outboxd.index").unwrap()
+        )
+    );
+    assert!(line("replay window").starts_with(&format!("{slot_start} .. {delivered} (")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
