@@ -118,7 +118,9 @@ impl Assembler {
         self.skip_before = self.skip_before.max(skip_before);
         if let Some(tx) = self.transaction.take() {
             if tx.begun {
-                self.resume = Some((tx.commit_lsn, tx.events));
+                // A transaction cut off again while it was being re-read has
+                // yielded as many events as the first connection gave out.
+                self.resume = Some((tx.commit_lsn, tx.events.max(tx.already_yielded)));
             }
         }
     }
@@ -521,6 +523,48 @@ mod tests {
         );
         assert_eq!(values(&second), ["insert d #2", "commit 3010"]);
         assert_eq!(commits, [(Lsn::new(2_010), false), (Lsn::new(3_010), true)]);
+    }
+
+    #[test]
+    fn second_reconnect_while_re_reading_a_transaction_does_not_yield_its_events_again() {
+        let mut a = assembler(0);
+        let first_try = vec![
+            relation(OUTBOX, "outbox", &["id"]),
+            begin(3_000, 8),
+            insert(OUTBOX, "a"),
+            insert(OUTBOX, "b"),
+            insert(OUTBOX, "c"),
+        ];
+        let (first, _) = run(&mut a, first_try);
+        assert_eq!(
+            values(&first),
+            ["begin 3000", "insert a #0", "insert b #1", "insert c #2"]
+        );
+        a.reconnect(Decoder::new(1).unwrap(), Lsn::ZERO);
+        // The second connection re-reads one event of the three, then drops too.
+        let (second, _) = run(
+            &mut a,
+            vec![
+                relation(OUTBOX, "outbox", &["id"]),
+                begin(3_000, 8),
+                insert(OUTBOX, "a"),
+            ],
+        );
+        assert!(second.is_empty(), "{:?}", values(&second));
+        a.reconnect(Decoder::new(1).unwrap(), Lsn::ZERO);
+        let (third, _) = run(
+            &mut a,
+            vec![
+                relation(OUTBOX, "outbox", &["id"]),
+                begin(3_000, 8),
+                insert(OUTBOX, "a"),
+                insert(OUTBOX, "b"),
+                insert(OUTBOX, "c"),
+                insert(OUTBOX, "d"),
+                commit(3_000, 3_010),
+            ],
+        );
+        assert_eq!(values(&third), ["insert d #3", "commit 3010"]);
     }
 
     #[test]
