@@ -35,6 +35,8 @@ pub struct Delivery {
     pub tx: TxSeq,
     /// The record's event id.
     pub id: String,
+    /// The record's position (commit LSN and index), for error messages.
+    pub position: crate::Position,
     /// Success only when the destination acknowledged the record durably.
     pub result: Result<(), DeliveryError>,
     /// On a permanent failure, the record as it was sent, so the pipeline can

@@ -14,7 +14,7 @@
 //! error in its headers; its transaction counts as delivered when that
 //! record is).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -170,6 +170,9 @@ pub struct Pipeline<S> {
     committed_last: VecDeque<(Lsn, LastEvent)>,
     /// The last event of the confirmed prefix, for the checkpoint.
     last_delivered: Option<LastEvent>,
+    /// Dead-letter records awaiting their report, by transaction and event
+    /// id: if one fails too, the run stops instead of dead-lettering it again.
+    dead_letters: HashSet<(TxSeq, String)>,
 }
 
 impl<S> std::fmt::Debug for Pipeline<S> {
@@ -215,6 +218,7 @@ impl<S: Sink> Pipeline<S> {
             open_last: None,
             committed_last: VecDeque::new(),
             last_delivered: None,
+            dead_letters: HashSet::new(),
         }
     }
 
@@ -290,6 +294,12 @@ impl<S: Sink> Pipeline<S> {
     async fn on_event(&mut self, event: ReplicationEvent) -> Result<(), PipelineError> {
         match event {
             ReplicationEvent::Begin(begin) => {
+                if let Some((_, open)) = self.open {
+                    return Err(PipelineError::Internal(format!(
+                        "a transaction (commit LSN {}) began inside another (commit LSN {open})",
+                        begin.commit_lsn
+                    )));
+                }
                 let seq = self.tracker.begin();
                 self.open = Some((seq, begin.commit_lsn));
             }
@@ -343,6 +353,8 @@ impl<S: Sink> Pipeline<S> {
         if let Err(err) = &delivery.result {
             self.metrics.delivery_error(err.class);
         }
+        let dead_letter =
+            !self.dead_letters.is_empty() && self.dead_letters.remove(&(delivery.tx, delivery.id.clone()));
         match delivery.result {
             Ok(()) => {
                 self.summary.delivered += 1;
@@ -354,31 +366,31 @@ impl<S: Sink> Pipeline<S> {
                     self.tracker.failed(delivery.tx).map_err(internal)?;
                     Err(PipelineError::Sink(err, self.tracker.confirmed()))
                 }
-                ErrorClass::Permanent | ErrorClass::Retriable => {
-                    let position = delivery
-                        .returned
-                        .as_ref()
-                        .map(|r| r.position)
-                        .unwrap_or(Position {
-                            commit_lsn: Lsn::ZERO,
-                            index: 0,
-                        });
-                    let dead_letter_failed = delivery
-                        .returned
-                        .as_ref()
-                        .is_some_and(|r| r.topic == self.options.dead_letter_topic);
-                    let returned = if err.class == ErrorClass::Permanent && !dead_letter_failed {
-                        delivery.returned
-                    } else {
-                        None
-                    };
-                    let message = if dead_letter_failed {
-                        format!("dead-lettering failed too: {}", err.message)
-                    } else {
-                        err.message
-                    };
-                    self.permanent(delivery.tx, returned, delivery.id, position, message)
-                        .await
+                // The dead-letter topic refused it too: stop, never loop.
+                _ if dead_letter => {
+                    let message = format!(
+                        "dead-lettering to {} failed too: {}",
+                        self.options.dead_letter_topic, err.message
+                    );
+                    self.stop_at(delivery.tx, delivery.id, delivery.position, message)
+                }
+                // The producer retries those forever (message.timeout.ms=0, unlimited
+                // retries); one reported anyway is not the record's fault, so it
+                // is never dead-lettered: a later record of the same key could
+                // overtake it.
+                ErrorClass::Retriable => {
+                    let message = format!("the producer gave up on it: {}", err.message);
+                    self.stop_at(delivery.tx, delivery.id, delivery.position, message)
+                }
+                ErrorClass::Permanent => {
+                    self.permanent(
+                        delivery.tx,
+                        delivery.returned,
+                        delivery.id,
+                        delivery.position,
+                        err.message,
+                    )
+                    .await
                 }
             },
         }
@@ -404,9 +416,22 @@ impl<S: Sink> Pipeline<S> {
                 .send(dead, seq)
                 .await
                 .map_err(|e| PipelineError::Sink(e, self.tracker.confirmed()))?;
+            self.dead_letters.insert((seq, id));
             self.outstanding += 1;
             return Ok(());
         }
+        self.stop_at(seq, id, position, error)
+    }
+
+    /// Stops acknowledging at this record's transaction; the run ends with
+    /// the first such failure.
+    fn stop_at(
+        &mut self,
+        seq: TxSeq,
+        id: String,
+        position: Position,
+        error: String,
+    ) -> Result<(), PipelineError> {
         error!(id = %id, lsn = %position.commit_lsn, index = position.index, error = %error,
                "record cannot be delivered; stopping");
         self.tracker.failed(seq).map_err(internal)?;

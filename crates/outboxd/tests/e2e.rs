@@ -220,16 +220,20 @@ async fn insert_with_a_huge_middle(env: &Env) -> Vec<String> {
     let client = env.pg.connect().await.unwrap();
     let ids: Vec<String> = (0..3).map(|n| event_id(7, n)).collect();
     for (n, id) in ids.iter().enumerate() {
-        let pad = if n == 1 { 300_000 } else { 10 };
-        client
-            .batch_execute(&format!(
-                "insert into outbox (id, aggregatetype, aggregateid, type, payload) values \
-                 ('{id}', 'order', 'agg-7-0', 'OrderChanged', jsonb_build_object('seq', {n}, 'pad', repeat('x', {pad})))"
-            ))
-            .await
-            .unwrap();
+        insert_event(&client, id, n, if n == 1 { 300_000 } else { 10 }).await;
     }
     ids
+}
+
+/// One event of aggregate `agg-7-0` in its own transaction, `pad` bytes of padding.
+async fn insert_event(client: &tokio_postgres::Client, id: &str, seq: usize, pad: usize) {
+    client
+        .batch_execute(&format!(
+            "insert into outbox (id, aggregatetype, aggregateid, type, payload) values \
+             ('{id}', 'order', 'agg-7-0', 'OrderChanged', jsonb_build_object('seq', {seq}, 'pad', repeat('x', {pad})))"
+        ))
+        .await
+        .unwrap();
 }
 
 const SMALL_LIMIT: &str = "[kafka.properties]\n\"message.max.bytes\" = \"100000\"\n";
@@ -301,4 +305,48 @@ async fn too_large_record_with_dead_letter_goes_to_the_dlq_and_later_events_flow
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     outboxd.terminate();
+}
+
+/// Found in review: a dead-letter record that failed too was dead-lettered
+/// again, and again — the run never stopped and acking stalled for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_that_fails_too_stops_the_run_instead_of_looping() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    let env = Env::start(SMALL_LIMIT);
+    let mut outboxd = env.spawn_with_env(&[("OUTBOXD_KAFKA_ON_PERMANENT_ERROR", "dead-letter")]);
+    outboxd.wait_for_log("streaming", Duration::from_secs(30));
+    let client = env.pg.connect().await.unwrap();
+    let ids: Vec<String> = (0..2).map(|n| event_id(7, n)).collect();
+    insert_event(&client, &ids[0], 0, 10).await;
+    assert_eq!(env.read(&env.topic, 1).await.len(), 1);
+    let before = env.confirmed().await;
+    // The too-large record fails in the producer, before any request; the next
+    // produce request is the dead-letter record's, and the broker refuses it.
+    env.mock().request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
+    );
+    insert_event(&client, &ids[1], 1, 300_000).await;
+    let status = outboxd.wait(Duration::from_secs(60));
+    let log = outboxd.log();
+    assert!(!status.success(), "must exit non-zero; log:\n{log}");
+    assert!(
+        log.contains(&format!("id={}", ids[1])) && log.contains("dead-lettering to outboxd.dlq failed too"),
+        "log:\n{log}"
+    );
+    assert_eq!(log.matches("record dead-lettered").count(), 1, "log:\n{log}");
+    assert_eq!(env.read("outboxd.dlq", 0).await.len(), 0);
+    let after = env.confirmed().await;
+    let failed_commit: Lsn = log
+        .split("commit LSN ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        after >= before && after <= failed_commit,
+        "slot at {after}, failed commit {failed_commit}"
+    );
 }

@@ -11,7 +11,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 ///   rejects it. The permanent-error policy decides (stop, or dead-letter).
 /// * **Fatal** — the idempotent producer itself can no longer guarantee
 ///   order or no-duplicates (librdkafka's `_FATAL`, fenced, sequence errors),
-///   or the cluster refuses idempotent writes: stop.
+///   or the cluster refuses idempotent writes or our credentials: stop.
 /// * **Retriable** — everything else (broker down, leader moved, timeouts of
 ///   a request): librdkafka retries those itself, forever with
 ///   `message.timeout.ms=0`; if one is reported anyway, the record is failed
@@ -37,6 +37,8 @@ pub fn classify(error: &KafkaError) -> ErrorClass {
         | RDKafkaErrorCode::ProducerFenced
         | RDKafkaErrorCode::InvalidProducerIdMapping
         | RDKafkaErrorCode::ClusterAuthorizationFailed
+        | RDKafkaErrorCode::SaslAuthenticationFailed
+        | RDKafkaErrorCode::Authentication
         | RDKafkaErrorCode::InvalidRequiredAcks => ErrorClass::Fatal,
         _ => ErrorClass::Retriable,
     }
@@ -62,6 +64,10 @@ mod tests {
             ErrorClass::Permanent
         );
         assert_eq!(classify(&produce(RDKafkaErrorCode::Fatal)), ErrorClass::Fatal);
+        assert_eq!(
+            classify(&produce(RDKafkaErrorCode::SaslAuthenticationFailed)),
+            ErrorClass::Fatal
+        );
         assert_eq!(
             classify(&produce(RDKafkaErrorCode::OutOfOrderSequenceNumber)),
             ErrorClass::Fatal

@@ -213,6 +213,15 @@ fn check(key: &str, value: &str) -> Result<(), ConfigError> {
             value,
             "keys must land where Java clients put them (murmur2); another partitioner splits an aggregate's events across partitions",
         )),
+        // librdkafka's default with idempotence is INT32_MAX, i.e. forever.
+        "retries" | "message.send.max.retries" if v.parse::<u64>().map_or(true, |n| n < i32::MAX as u64) => {
+            Err(unsafe_setting(
+                key,
+                value,
+                "a record is retried until delivered; with a retry limit it fails after a broker outage while \
+                 later records of the same key still go out, breaking order; remove the setting",
+            ))
+        }
         "transactional.id" => Err(unsafe_setting(
             key,
             value,
@@ -280,6 +289,8 @@ mod tests {
             ("message.timeout.ms", "30000", "gap"),
             ("delivery.timeout.ms", "30000", "gap"),
             ("transactional.id", "x", "not supported yet"),
+            ("retries", "3", "breaking order"),
+            ("message.send.max.retries", "10", "breaking order"),
         ] {
             let err = config(&[(key, value)]).unwrap_err();
             let text = err.to_string();
@@ -292,7 +303,13 @@ mod tests {
 
     #[test]
     fn safe_spellings_of_required_settings_are_accepted() {
-        let c = config(&[("acks", "-1"), ("max.in.flight", "1"), ("partitioner", "murmur2")]).unwrap();
+        let c = config(&[
+            ("acks", "-1"),
+            ("max.in.flight", "1"),
+            ("partitioner", "murmur2"),
+            ("retries", "2147483647"),
+        ])
+        .unwrap();
         assert_eq!(c.get("acks"), Some("-1"));
         assert_eq!(c.get("max.in.flight.requests.per.connection"), Some("1"));
     }

@@ -105,6 +105,7 @@ impl ProducerContext for DeliveryContext {
             Ok(_) => Delivery {
                 tx: meta.tx,
                 id: meta.id,
+                position: meta.position,
                 result: Ok(()),
                 returned: None,
             },
@@ -134,6 +135,7 @@ impl ProducerContext for DeliveryContext {
                 Delivery {
                     tx: meta.tx,
                     id: meta.id,
+                    position: meta.position,
                     result: Err(DeliveryError {
                         class,
                         message: err.to_string(),
@@ -256,6 +258,7 @@ impl Sink for KafkaSink {
                     let _ = self.deliveries.send(Delivery {
                         tx: meta.tx,
                         id: meta.id,
+                        position: meta.position,
                         result: Err(DeliveryError {
                             class,
                             message: err.to_string(),
