@@ -203,7 +203,10 @@ impl<S: Sink> Pipeline<S> {
             checkpoint,
             last_checkpoint: Instant::now(),
             checkpointed: start,
-            acked: start,
+            // The slot may be behind `start` (a replay window, or a
+            // checkpoint written after the last status update): `start` is
+            // acknowledged like any delivered position, subject to retention.
+            acked: Lsn::ZERO,
             open: None,
             failure: None,
             summary: Summary {
@@ -211,7 +214,7 @@ impl<S: Sink> Pipeline<S> {
                 ..Summary::default()
             },
             metrics,
-            history: VecDeque::new(),
+            history: VecDeque::from([(start, Instant::now())]),
             delivered: start,
             stream_stats: None,
             outstanding: 0,
@@ -220,6 +223,15 @@ impl<S: Sink> Pipeline<S> {
             last_delivered: None,
             dead_letters: HashSet::new(),
         }
+    }
+
+    /// `start` was delivered `age` ago (when the checkpoint was written), so
+    /// the replay window behind it ends when it would have without a restart.
+    pub fn start_delivered_ago(mut self, age: Duration) -> Self {
+        if let Some(front) = self.history.front_mut() {
+            front.1 = Instant::now().checked_sub(age).unwrap_or(front.1);
+        }
+        self
     }
 
     /// Runs until `shutdown` resolves (then drains and returns the summary)

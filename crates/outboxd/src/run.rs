@@ -65,10 +65,8 @@ pub async fn run_from(
     let options = pipeline_options(config).map_err(RunError::Setup)?;
     let kafka = config.kafka().map_err(RunError::Setup)?;
     let checkpoint = CheckpointStore::new(&config.checkpoint.path);
-    let saved = checkpoint
-        .load()
-        .map_err(RunError::Setup)?
-        .map(|c| c.delivered_end_lsn);
+    let saved_checkpoint = checkpoint.load().map_err(RunError::Setup)?;
+    let saved = saved_checkpoint.as_ref().map(|c| c.delivered_end_lsn);
     let mut stream_config = config.stream().map_err(RunError::Setup)?;
     let start = match start_lsn {
         Some(lsn) => {
@@ -123,6 +121,15 @@ pub async fn run_from(
     }
     info!(slot = %config.postgres.slot, publication = %config.postgres.publication,
           checkpoint = %start, tables = %config.postgres.tables.join(","), "streaming");
+    // With `--start-lsn` the start counts as delivered now; from the
+    // checkpoint, as of when it was written (retention keeps counting).
+    let age = match (start_lsn, &saved_checkpoint) {
+        (None, Some(saved)) if saved.written_at_unix > 0 => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .saturating_sub(saved.written_at_unix),
+        _ => 0,
+    };
     let pipeline = Pipeline::new(
         options,
         sink,
@@ -131,7 +138,8 @@ pub async fn run_from(
         start,
         Some(checkpoint),
         Arc::clone(&metrics),
-    );
+    )
+    .start_delivered_ago(Duration::from_secs(age));
     let result = pipeline.run(stream, shutdown).await.map_err(RunError::Pipeline);
     for task in background {
         task.abort();

@@ -272,6 +272,19 @@ async fn replay_from_a_saved_lsn_republishes_exactly_the_later_events() {
         )
     );
     assert!(line("replay window").starts_with(&format!("{slot_start} .. {delivered} (")));
+
+    // Found in review: a restart confirmed the checkpoint at once, and the
+    // window was gone. Now the slot stays put; nothing is re-sent either.
+    let outboxd = env.spawn_streaming();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        env.confirmed().await,
+        slot_start,
+        "a restart must keep the replay window"
+    );
+    assert_eq!(env.read(&env.topic, 25).await.len(), 25, "nothing re-sent");
+    outboxd.terminate();
+    assert_eq!(env.confirmed().await, slot_start);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

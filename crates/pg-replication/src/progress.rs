@@ -100,19 +100,24 @@ pub(crate) struct Progress {
 }
 
 impl Progress {
-    /// `start` is a position known to be delivered (the slot's confirmed
-    /// position, or a checkpoint): flush never reports less.
-    pub(crate) fn new(ack: AckHandle, start: Lsn) -> Self {
-        // Everything before `start` is delivered; without this the idle rule
+    /// `confirmed` is the slot's confirmed position (flush never reports
+    /// less); `delivered` a position the caller knows is delivered (its
+    /// checkpoint), at or after it. Transactions up to `delivered` are
+    /// skipped, and flush moves past `confirmed` only once the caller
+    /// acknowledges: a caller keeping a replay window behind its checkpoint
+    /// must not lose that window on every restart.
+    pub(crate) fn new(ack: AckHandle, confirmed: Lsn, delivered: Lsn) -> Self {
+        // Everything before `confirmed` is delivered; without this the idle rule
         // (acked >= handed_out) could never hold before the first ack.
-        ack.ack(start);
+        ack.ack(confirmed);
         Progress {
             ack,
-            handed_out: start,
-            idle: start,
-            write: start,
-            flush: start,
-            last_keepalive: start,
+            // As if handed out: the idle rule then waits for the caller's ack.
+            handed_out: delivered.max(confirmed),
+            idle: confirmed,
+            write: confirmed,
+            flush: confirmed,
+            last_keepalive: confirmed,
             open: false,
         }
     }
@@ -200,7 +205,7 @@ mod tests {
     }
 
     fn progress() -> Progress {
-        Progress::new(AckHandle::default(), lsn(100))
+        Progress::new(AckHandle::default(), lsn(100), lsn(100))
     }
 
     #[test]
@@ -295,6 +300,24 @@ mod tests {
         p.keepalive(lsn(900));
         let update = p.status_update(PgTimestamp::from_micros(0), false);
         assert_eq!((update.write, update.flush), (lsn(900), lsn(100)));
+    }
+
+    #[test]
+    fn a_checkpoint_ahead_of_the_slot_is_confirmed_only_when_the_caller_acks_it() {
+        // Slot at 100, checkpoint at 500 (a replay window the caller keeps).
+        let mut p = Progress::new(AckHandle::default(), lsn(100), lsn(500));
+        assert_eq!(p.resume_position(), lsn(100));
+        // Skipped transactions and keepalives inside the window move nothing.
+        p.begin();
+        p.commit(lsn(300), false);
+        p.keepalive(lsn(600));
+        assert_eq!(p.flush(), lsn(100));
+        p.ack_handle().ack(lsn(500));
+        assert_eq!(
+            p.flush(),
+            lsn(600),
+            "acked the checkpoint: idle again up to the keepalive"
+        );
     }
 
     #[test]

@@ -53,7 +53,10 @@ pub struct StreamConfig {
     pub tables: Vec<OutboxTable>,
     /// Transactional logical messages with this prefix are outbox events too.
     pub message_prefix: Option<String>,
-    /// Transactions ending at or before this position are skipped (a checkpoint).
+    /// Transactions ending at or before this position are skipped (a
+    /// checkpoint). Streaming still starts at the slot's confirmed position,
+    /// and the slot is confirmed past it only when the caller acknowledges
+    /// (so a replay window kept behind the checkpoint survives restarts).
     pub skip_through: Lsn,
     /// How often to send status updates; capped at half of `wal_sender_timeout`.
     pub status_interval: Duration,
@@ -322,7 +325,7 @@ impl Runner {
         );
         let backoff = config.reconnect_initial;
         Runner {
-            progress: Progress::new(ack, Lsn::ZERO),
+            progress: Progress::new(ack, Lsn::ZERO, Lsn::ZERO),
             assembler,
             decoder,
             stats,
@@ -462,7 +465,9 @@ impl Runner {
         if !self.connected_once {
             let confirmed = slot.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
             let start = confirmed.max(config.skip_through);
-            self.progress = Progress::new(self.progress.ack_handle().clone(), start);
+            // Streaming starts at the slot; transactions up to `start` are
+            // skipped here, and confirmed only when the caller acknowledges.
+            self.progress = Progress::new(self.progress.ack_handle().clone(), confirmed, start);
             self.assembler.reconnect(self.decoder.clone(), start);
         } else {
             let resume = self.progress.resume_position();
