@@ -27,6 +27,19 @@ pub struct Checkpoint {
     pub last_event: Option<LastEvent>,
     /// When the file was written, in seconds since the Unix epoch (0 if unknown).
     pub written_at_unix: u64,
+    /// The server whose WAL the position belongs to (`None` in files of older versions).
+    pub origin: Option<Origin>,
+}
+
+/// Which WAL history a checkpoint's position belongs to: a position means
+/// nothing on another cluster, and after a failover or a point-in-time
+/// restore (a new timeline) the same LSN may hold other transactions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// `IDENTIFY_SYSTEM`'s system identifier.
+    pub system_id: String,
+    /// `IDENTIFY_SYSTEM`'s timeline when the file was written.
+    pub timeline: u32,
 }
 
 /// The last delivered event: enough to find it in Kafka and in the outbox.
@@ -41,7 +54,7 @@ pub struct LastEvent {
 }
 
 impl Checkpoint {
-    /// A checkpoint of `delivered_end_lsn` written now.
+    /// A checkpoint of `delivered_end_lsn` written now (the store adds its origin).
     pub fn now(delivered_end_lsn: Lsn, last_event: Option<LastEvent>) -> Self {
         let written_at_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -50,6 +63,7 @@ impl Checkpoint {
             delivered_end_lsn,
             last_event,
             written_at_unix,
+            origin: None,
         }
     }
 }
@@ -58,6 +72,7 @@ impl Checkpoint {
 #[derive(Debug, Clone)]
 pub struct CheckpointStore {
     path: PathBuf,
+    origin: Option<Origin>,
 }
 
 /// Line 1 of the file. Line 2 is always `delivered_end_lsn = …`; the lines
@@ -68,7 +83,16 @@ const HEADER: &str = "outboxd-checkpoint v1";
 impl CheckpointStore {
     /// A store at `path` (the file need not exist).
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        CheckpointStore { path: path.into() }
+        CheckpointStore {
+            path: path.into(),
+            origin: None,
+        }
+    }
+
+    /// Stamps every checkpoint stored from now on with `origin`.
+    pub fn with_origin(mut self, origin: Origin) -> Self {
+        self.origin = Some(origin);
+        self
     }
 
     /// The file.
@@ -112,10 +136,17 @@ impl CheckpointStore {
             })
         })();
         let written_at_unix = field("written_at_unix").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let origin = (|| {
+            Some(Origin {
+                system_id: field("system_identifier")?.to_owned(),
+                timeline: field("timeline")?.parse().ok()?,
+            })
+        })();
         Ok(Some(Checkpoint {
             delivered_end_lsn,
             last_event,
             written_at_unix,
+            origin,
         }))
     }
 
@@ -140,6 +171,12 @@ impl CheckpointStore {
             ));
         }
         text.push_str(&format!("written_at_unix = {}\n", checkpoint.written_at_unix));
+        if let Some(origin) = checkpoint.origin.as_ref().or(self.origin.as_ref()) {
+            text.push_str(&format!(
+                "system_identifier = {}\ntimeline = {}\n",
+                origin.system_id, origin.timeline
+            ));
+        }
         let write = || -> std::io::Result<()> {
             let mut file = File::create(&tmp)?;
             file.write_all(text.as_bytes())?;
@@ -164,6 +201,7 @@ mod tests {
                 index,
             }),
             written_at_unix: at,
+            origin: None,
         }
     }
 
@@ -180,13 +218,25 @@ mod tests {
             Some(("e-1\nwith a newline", 0x16_FFFF_0000, 3)),
             1_764_650_000,
         );
+        let origin = Origin {
+            system_id: "7441170001234567890".into(),
+            timeline: 2,
+        };
+        let store = store.with_origin(origin.clone());
         store.store(&second).unwrap();
-        assert_eq!(store.load().unwrap(), Some(second));
+        assert_eq!(
+            store.load().unwrap(),
+            Some(Checkpoint {
+                origin: Some(origin),
+                ..second
+            })
+        );
         let text = fs::read_to_string(store.path()).unwrap();
         assert_eq!(
             text,
             "outboxd-checkpoint v1\ndelivered_end_lsn = 17/0\nlast_event_id = \"e-1\\nwith a newline\"\n\
-             last_event_commit_lsn = 16/FFFF0000\nlast_event_index = 3\nwritten_at_unix = 1764650000\n"
+             last_event_commit_lsn = 16/FFFF0000\nlast_event_index = 3\nwritten_at_unix = 1764650000\n\
+             system_identifier = 7441170001234567890\ntimeline = 2\n"
         );
         assert_eq!(
             fs::read_dir(dir.path()).unwrap().count(),

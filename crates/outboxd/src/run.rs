@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::admin;
-use crate::checkpoint::CheckpointStore;
+use crate::checkpoint::{CheckpointStore, Origin};
 use crate::config::Config;
 use crate::maintenance;
 use crate::metrics::Metrics;
@@ -66,7 +66,25 @@ pub async fn run_from(
     let kafka = config.kafka().map_err(RunError::Setup)?;
     let checkpoint = CheckpointStore::new(&config.checkpoint.path);
     let saved_checkpoint = checkpoint.load().map_err(RunError::Setup)?;
-    let saved = saved_checkpoint.as_ref().map(|c| c.delivered_end_lsn);
+    tokio::pin!(shutdown);
+    let Some(identity) = identify(config, shutdown.as_mut()).await? else {
+        info!("shutdown requested before PostgreSQL was reachable; nothing was streamed");
+        return Ok(Summary::default());
+    };
+    let saved = match &saved_checkpoint {
+        Some(saved) => trusted_position(config, saved, &identity).map_err(RunError::Setup)?,
+        None => None,
+    };
+    if let Some(lsn) = start_lsn.filter(|lsn| *lsn > identity.xlogpos) {
+        return Err(RunError::Setup(anyhow::anyhow!(
+            "--start-lsn {lsn} is ahead of this server's WAL ({}): no transaction ends there yet",
+            identity.xlogpos
+        )));
+    }
+    let checkpoint = checkpoint.with_origin(Origin {
+        system_id: identity.system_id.clone(),
+        timeline: identity.timeline,
+    });
     let mut stream_config = config.stream().map_err(RunError::Setup)?;
     let start = match start_lsn {
         Some(lsn) => {
@@ -148,6 +166,95 @@ pub async fn run_from(
         admin.abort();
     }
     result
+}
+
+/// `IDENTIFY_SYSTEM` on a replication connection, retried with backoff while
+/// the server is unreachable or starting (as the stream's own connection
+/// is); `None` if shutdown is requested meanwhile.
+async fn identify(
+    config: &Config,
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<Option<pg_replication::SystemIdentity>, RunError> {
+    let replication = config.replication().map_err(RunError::Setup)?;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let attempt = async {
+            let mut conn = pg_replication::ReplicationConnection::connect(&replication).await?;
+            let identity = conn.identify_system().await;
+            conn.close().await;
+            identity
+        };
+        match attempt.await {
+            Ok(identity) => return Ok(Some(identity)),
+            Err(err) if err.is_transient() => {
+                tracing::warn!(error = %err, "cannot reach PostgreSQL yet, retrying");
+            }
+            Err(err) => {
+                return Err(RunError::Setup(anyhow::anyhow!(
+                    "cannot start replication: {err}"
+                )))
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = &mut shutdown => return Ok(None),
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// The checkpoint's position, if it may be trusted on this server: its
+/// transactions are skipped, so a position from another cluster, or from
+/// ahead of this server's WAL, would skip transactions never delivered.
+///
+/// * Another system identifier: refused (the file is another cluster's).
+/// * Ahead of the server's current WAL: refused (a restore from backup, or
+///   another server): nothing can have been delivered there.
+/// * Another timeline (failover, point-in-time restore): the history may
+///   have forked before the position, and the LSNs after the fork hold other
+///   transactions. The checkpoint is not used to skip: streaming resumes at
+///   the slot and re-sends from there (duplicates, identifiable by id; never
+///   a loss). Files from versions without an origin are trusted as before.
+fn trusted_position(
+    config: &Config,
+    saved: &crate::checkpoint::Checkpoint,
+    identity: &pg_replication::SystemIdentity,
+) -> anyhow::Result<Option<Lsn>> {
+    let path = config.checkpoint.path.display();
+    let lsn = saved.delivered_end_lsn;
+    if let Some(origin) = &saved.origin {
+        if origin.system_id != identity.system_id {
+            anyhow::bail!(
+                "the checkpoint {path} belongs to another PostgreSQL cluster (system identifier {}; this \
+                 server is {}): its position means nothing here. Point checkpoint.path at this cluster's \
+                 file, or move the file away to start from the slot's position",
+                origin.system_id,
+                identity.system_id
+            );
+        }
+    }
+    if lsn > identity.xlogpos {
+        anyhow::bail!(
+            "the checkpoint {path} is at {lsn}, ahead of this server's WAL ({}): the server was restored \
+             from a backup or is not the one the checkpoint was written for, and skipping up to {lsn} \
+             could skip transactions never delivered. Move the file away to start from the slot's \
+             position (what follows it is re-sent; consumers deduplicate on id)",
+            identity.xlogpos
+        );
+    }
+    match &saved.origin {
+        Some(origin) if origin.timeline != identity.timeline => {
+            tracing::warn!(
+                checkpoint = %lsn,
+                checkpoint_timeline = origin.timeline,
+                timeline = identity.timeline,
+                "the checkpoint was written on another timeline (failover or restore): not skipping by it; \
+                 events after the slot's position are re-sent"
+            );
+            Ok(None)
+        }
+        _ => Ok(Some(lsn)),
+    }
 }
 
 /// Once a second: metrics that are sampled rather than counted. Every ten

@@ -287,6 +287,77 @@ async fn replay_from_a_saved_lsn_republishes_exactly_the_later_events() {
     assert_eq!(env.confirmed().await, slot_start);
 }
 
+/// Found in review: the checkpoint was trusted on any server, so one from
+/// another cluster, from before a restore, or from the old timeline of a
+/// failed-over primary skipped transactions that were never delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_of_another_cluster_timeline_or_future_never_skips_events() {
+    let env = Env::start("");
+    let pg = env.pg.connect().await.unwrap();
+    let system_id: String = pg
+        .query_one("select system_identifier::text from pg_control_system()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // Three events outboxd has not seen, and a checkpoint past them.
+    let mut written = writer(env.pg.config("postgres", "postgres"), 0, 3, 1, 1, Duration::ZERO).await;
+    let current: pgoutput::Lsn = pg
+        .query_one("select pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get::<_, String>(0)
+        .parse()
+        .unwrap();
+    let write_checkpoint = |lsn: pgoutput::Lsn, system: &str, timeline: u32| {
+        std::fs::write(
+            env.checkpoint_path(),
+            format!(
+                "outboxd-checkpoint v1\ndelivered_end_lsn = {lsn}\nwritten_at_unix = 0\n\
+                 system_identifier = {system}\ntimeline = {timeline}\n"
+            ),
+        )
+        .unwrap()
+    };
+
+    write_checkpoint(current, "1234567", 1);
+    let (ok, text) = output_of(env.command(&["run"]));
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("belongs to another PostgreSQL cluster (system identifier 1234567; this server is")
+            && text.contains(&system_id),
+        "{text}"
+    );
+
+    write_checkpoint(pgoutput::Lsn::new(current.as_u64() + (1 << 32)), &system_id, 1);
+    let (ok, text) = output_of(env.command(&["run"]));
+    assert!(!ok, "{text}");
+    assert!(text.contains("ahead of this server's WAL"), "{text}");
+
+    // Another timeline: streaming starts at the slot and the events are sent.
+    write_checkpoint(current, &system_id, 7);
+    let outboxd = env.spawn_streaming();
+    let mut read: Vec<String> = env
+        .read(&env.topic, 3)
+        .await
+        .iter()
+        .map(|r| r.header("id").unwrap().to_owned())
+        .collect();
+    read.sort();
+    written.sort();
+    assert_eq!(read, written);
+    assert!(
+        outboxd.log().contains("written on another timeline"),
+        "{}",
+        outboxd.log()
+    );
+    outboxd.terminate();
+    let text = std::fs::read_to_string(env.checkpoint_path()).unwrap();
+    assert!(
+        text.contains(&format!("system_identifier = {system_id}\ntimeline = 1\n")),
+        "the new checkpoint names this server: {text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_reports_wal_level_and_missing_replication_with_fixes() {
     let env = Env::start("");

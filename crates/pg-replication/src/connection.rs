@@ -187,6 +187,15 @@ impl ReplicationConnection {
         self.backend_pid
     }
 
+    /// Ends the session politely (Terminate, then close; TLS close_notify
+    /// included). Dropping the connection also ends it, with a bare EOF.
+    pub async fn close(mut self) {
+        let mut buf = BytesMut::new();
+        frontend::terminate(&mut buf);
+        let _ = self.wire.write(&buf).await;
+        self.wire.shutdown().await;
+    }
+
     /// Runs one command with the simple query protocol and returns its rows
     /// as text. Replication connections accept replication commands
     /// (`IDENTIFY_SYSTEM`, `CREATE_REPLICATION_SLOT`, `READ_REPLICATION_SLOT`,
