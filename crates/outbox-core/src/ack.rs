@@ -21,8 +21,9 @@ use std::collections::VecDeque;
 
 use pgoutput::Lsn;
 
-/// A transaction in the tracker, by its place in the stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A transaction in the tracker, by its place in the stream. The default
+/// (the first) serves senders that track no transactions, like a replay.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TxSeq(u64);
 
 impl TxSeq {

@@ -187,14 +187,21 @@ fn main() -> ExitCode {
                 } else {
                     "re-published"
                 };
-                let events = replay(&config, &options, |e| {
+                let summary = replay(&config, &options, |e| {
                     println!(
                         "{} {:>12} {:>5}  {}  {}  key={}",
                         verb, e.commit_lsn, e.index, e.id, e.topic, e.key
                     )
                 })
                 .await?;
-                println!("{verb} {} events committed after {from}", events.len());
+                if dry_run {
+                    println!("{verb} {} events committed after {from}", summary.events);
+                } else {
+                    println!(
+                        "{verb} {} events committed after {from}; the broker acknowledged all {}",
+                        summary.events, summary.delivered
+                    );
+                }
                 Ok(())
             }
             Command::Setup { create_table } => {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use outbox_core::{header, AckTracker, Delivery};
+use outbox_core::{header, Delivery};
 use pg_replication::{catalog, ReplicationEvent, ReplicationStream};
 use pgoutput::Lsn;
 use sink_kafka::KafkaSink;
@@ -52,12 +52,24 @@ pub struct Replayed {
     pub index: u64,
 }
 
-/// Runs a replay; `each` sees every event as it is published (or listed).
+/// What a replay did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplaySummary {
+    /// Events re-published (or listed, in a dry run).
+    pub events: u64,
+    /// Of those, acknowledged by the broker (all of them when the replay succeeds).
+    pub delivered: u64,
+}
+
+/// Runs a replay; `each` sees every event as it is handed to the producer
+/// (or listed). Memory stays bounded whatever the replay's length: events are
+/// not collected, and delivery reports are taken as they come; the first
+/// failed one ends the replay with an error.
 pub async fn replay(
     config: &Config,
     options: &ReplayOptions,
     mut each: impl FnMut(&Replayed),
-) -> anyhow::Result<Vec<Replayed>> {
+) -> anyhow::Result<ReplaySummary> {
     config.validate()?;
     let pipeline = pipeline_options(config)?;
     let client = config
@@ -111,15 +123,17 @@ pub async fn replay(
     let mut stream = ReplicationStream::start(stream_config).await?;
     let stats = stream.stats();
     let replay_header = Bytes::from(format!("from={} to={end}", options.from));
-    let mut tracker = AckTracker::new(Lsn::ZERO);
-    let mut open = None;
-    let mut replayed = Vec::new();
+    let mut open = false;
+    let mut summary = ReplaySummary::default();
     loop {
+        while let Ok(delivery) = deliveries.try_recv() {
+            delivered(&mut summary, delivery)?;
+        }
         let event = match tokio::time::timeout(Duration::from_millis(300), stream.next()).await {
             Ok(Some(event)) => event?,
             Ok(None) => bail!("the replication stream ended before the replay reached {end}"),
             // Nothing buffered: done once everything up to `end` was received.
-            Err(_) if open.is_none() && stats.received() >= end => break,
+            Err(_) if !open && stats.received() >= end => break,
             Err(_) => continue,
         };
         match &event {
@@ -127,15 +141,13 @@ pub async fn replay(
                 if begin.commit_lsn >= end {
                     break;
                 }
-                open = Some(tracker.begin());
+                open = true;
             }
-            ReplicationEvent::Commit(commit) => {
-                if let Some(seq) = open.take() {
-                    tracker.commit(seq, commit.end_lsn)?;
-                }
-            }
+            ReplicationEvent::Commit(_) => open = false,
             _ => {
-                let Some(seq) = open else { continue };
+                if !open {
+                    continue;
+                }
                 let Some((position, record)) = to_record(&pipeline.mapping, &pipeline.routing, &event) else {
                     continue;
                 };
@@ -163,10 +175,10 @@ pub async fn replay(
                     index: position.index,
                 };
                 each(&item);
-                replayed.push(item);
+                summary.events += 1;
                 if let Some(sink) = sink.as_mut() {
-                    tracker.record(seq)?;
-                    outbox_core::Sink::send(sink, record, seq).await?;
+                    // Transactions are not tracked: a replay acknowledges nothing.
+                    outbox_core::Sink::send(sink, record, outbox_core::TxSeq::default()).await?;
                 }
             }
         }
@@ -175,20 +187,31 @@ pub async fn replay(
     if let Some(mut sink) = sink {
         outbox_core::Sink::flush(&mut sink).await?;
         drop(sink);
-        let mut failed = Vec::new();
         while let Some(delivery) = deliveries.recv().await {
-            if let Err(err) = delivery.result {
-                failed.push(format!("{}: {}", delivery.id, err.message));
-            }
+            delivered(&mut summary, delivery)?;
         }
-        if !failed.is_empty() {
-            bail!(
-                "{} of {} replayed records were not delivered: {}",
-                failed.len(),
-                replayed.len(),
-                failed.join("; ")
-            );
-        }
+    } else {
+        summary.delivered = summary.events;
     }
-    Ok(replayed)
+    Ok(summary)
+}
+
+/// Counts a delivery report; a failed one ends the replay.
+fn delivered(summary: &mut ReplaySummary, delivery: Delivery) -> anyhow::Result<()> {
+    match delivery.result {
+        Ok(()) => {
+            summary.delivered += 1;
+            Ok(())
+        }
+        Err(err) => bail!(
+            "replayed event id={} (commit LSN {}, index {}) was not delivered: {}; {} of {} replayed \
+             events were delivered before it (re-running the replay re-sends them: consumers deduplicate on id)",
+            delivery.id,
+            delivery.position.commit_lsn,
+            delivery.position.index,
+            err.message,
+            summary.delivered,
+            summary.events
+        ),
+    }
 }

@@ -220,6 +220,12 @@ async fn replay_from_a_saved_lsn_republishes_exactly_the_later_events() {
         "replayed",
     ]));
     assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!(
+            "re-published 15 events committed after {saved}; the broker acknowledged all 15"
+        )),
+        "{text}"
+    );
     let replayed = env.read("replayed", 15).await;
     let ids: Vec<&str> = replayed.iter().map(|r| r.header("id").unwrap()).collect();
     assert_eq!(ids, later.iter().map(String::as_str).collect::<Vec<_>>());
