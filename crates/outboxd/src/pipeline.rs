@@ -293,7 +293,13 @@ impl<S: Sink> Pipeline<S> {
                 }
                 Some(delivery) = self.deliveries.recv() => self.on_delivery(delivery).await?,
                 event = stream.next() => match event {
-                    Some(Ok(event)) => self.on_event(event).await?,
+                    Some(Ok(event)) => {
+                        if !self.on_event(event, shutdown.as_mut(), stopping).await? {
+                            warn!("shutdown while the producer queue is full (broker unreachable?): stopping \
+                                   inside a transaction; its records are re-sent after the restart");
+                            return Ok(());
+                        }
+                    }
                     Some(Err(err)) => return Err(err.into()),
                     None => return Err(PipelineError::StreamEnded),
                 },
@@ -303,7 +309,15 @@ impl<S: Sink> Pipeline<S> {
         }
     }
 
-    async fn on_event(&mut self, event: ReplicationEvent) -> Result<(), PipelineError> {
+    /// Handles one event; `false` when shutdown came (or its deadline
+    /// passed) while a record waited for room in the sink: the caller stops
+    /// reading. `shutdown` is polled only while `stopping` is `None`.
+    async fn on_event<F: Future<Output = ()>>(
+        &mut self,
+        event: ReplicationEvent,
+        mut shutdown: std::pin::Pin<&mut F>,
+        stopping: Option<tokio::time::Instant>,
+    ) -> Result<bool, PipelineError> {
         match event {
             ReplicationEvent::Begin(begin) => {
                 if let Some((_, open)) = self.open {
@@ -321,7 +335,7 @@ impl<S: Sink> Pipeline<S> {
                 let Some((position, record)) =
                     to_record(&self.options.mapping, &self.options.routing, &event)
                 else {
-                    return Ok(());
+                    return Ok(true);
                 };
                 let id = match &record {
                     Ok(record) => &record.id,
@@ -330,12 +344,18 @@ impl<S: Sink> Pipeline<S> {
                 note_event(&mut self.open_last, id, position);
                 match record {
                     Ok(record) => {
-                        self.summary.sent += 1;
                         self.metrics.sent(&record.topic, record_bytes(&record));
-                        self.sink
-                            .send(record, seq)
-                            .await
-                            .map_err(|e| PipelineError::Sink(e, self.tracker.confirmed()))?;
+                        // A full queue (broker down) may hold the send for
+                        // long: SIGTERM must still be heard meanwhile. The send
+                        // is cancel-safe: a record is enqueued whole or not at all.
+                        let sent = tokio::select! {
+                            biased;
+                            sent = self.sink.send(record, seq) => sent,
+                            () = shutdown.as_mut(), if stopping.is_none() => return Ok(false),
+                            () = sleep_until(stopping), if stopping.is_some() => return Ok(false),
+                        };
+                        sent.map_err(|e| PipelineError::Sink(e, self.tracker.confirmed()))?;
+                        self.summary.sent += 1;
                         self.outstanding += 1;
                     }
                     Err(Unmappable { id, error }) => self.permanent(seq, None, id, position, error).await?,
@@ -352,7 +372,7 @@ impl<S: Sink> Pipeline<S> {
             }
             other => debug!(?other, "event ignored"),
         }
-        Ok(())
+        Ok(true)
     }
 
     fn open_tx(&self) -> Result<(TxSeq, Lsn), PipelineError> {
@@ -634,6 +654,14 @@ fn map_and_route(
         .map_err(|e| format!("{source}: {e}"))
         .and_then(|event| routing.route(&event, None).map_err(|e| format!("{source}: {e}")))
         .map_err(|error| Unmappable { id, error })
+}
+
+/// Sleeps until `deadline`; never wakes without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Remembers `id` as the open transaction's last event, reusing the buffer.

@@ -214,6 +214,60 @@ async fn sigterm_under_load_acks_exactly_what_was_delivered_and_a_restart_resend
     outboxd.terminate();
 }
 
+/// Found in review: with the broker down and the producer queue full, the
+/// pipeline waited for room without listening for SIGTERM, so a stop hung
+/// until the broker came back (or SIGKILL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_broker_down_and_the_queue_full_exits_and_a_restart_loses_nothing() {
+    let env = Env::start("[kafka.properties]\n\"queue.buffering.max.messages\" = \"10\"\n");
+    let mut outboxd = env.spawn_streaming();
+    env.mock().broker_down(1).unwrap();
+    let written = writer(
+        env.pg.config("postgres", "postgres"),
+        0,
+        200,
+        1,
+        10,
+        Duration::ZERO,
+    )
+    .await;
+    // Ten records fill the queue; the rest wait behind them.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held = env.confirmed().await;
+    let stopped = std::time::Instant::now();
+    outboxd.signal("TERM");
+    // Within the drain timeout (20 s here), not when the broker returns.
+    let status = tokio::task::block_in_place(|| outboxd.wait(Duration::from_secs(40)));
+    let took = stopped.elapsed();
+    let log = outboxd.log();
+    eprintln!("stopped after {took:?} with {status}");
+    assert!(
+        log.contains("shutdown while the producer queue is full"),
+        "log:\n{log}"
+    );
+    assert!(
+        log.contains("still undelivered after the drain timeout"),
+        "log:\n{log}"
+    );
+    assert_eq!(
+        env.confirmed().await,
+        held,
+        "nothing undelivered was acknowledged"
+    );
+
+    env.mock().broker_up(1).unwrap();
+    let outboxd = env.spawn_streaming();
+    let read = env.read(&env.topic, written.len()).await;
+    let f = figures(&written, &read);
+    assert_eq!((f.lost, f.order_violations), (0, 0));
+    assert!(
+        f.duplicates <= 10,
+        "{} duplicates, at most the 10 queued",
+        f.duplicates
+    );
+    outboxd.terminate();
+}
+
 /// Inserts three events, the middle one with a payload above the producer's
 /// (and broker's) limit.
 async fn insert_with_a_huge_middle(env: &Env) -> Vec<String> {
