@@ -173,23 +173,30 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
 
     for &tx_size in &cli.tx_size {
         let mut plan = Vec::new();
-        for _ in 0..cli.repeat {
+        for round in 0..cli.repeat {
+            // Every other round runs the reference last, so that neither side
+            // always drains first (the medians then carry no order effect).
+            let mut round_plan = Vec::new();
             if runs(Scenario::Reference) {
-                plan.push(Consumer::Reference);
+                round_plan.push(Consumer::Reference);
             }
             if runs(Scenario::Decode) {
-                plan.extend(cli.runtime.iter().map(|&rt| Consumer::Decode(rt)));
+                round_plan.extend(cli.runtime.iter().map(|&rt| Consumer::Decode(rt)));
             }
             if runs(Scenario::Pipeline) {
-                plan.extend(cli.runtime.iter().map(|&rt| Consumer::Pipeline(rt, None)));
+                round_plan.extend(cli.runtime.iter().map(|&rt| Consumer::Pipeline(rt, None)));
                 if let Some(brokers) = &cli.kafka_brokers {
-                    plan.extend(
+                    round_plan.extend(
                         cli.runtime
                             .iter()
                             .map(|&rt| Consumer::Pipeline(rt, Some(brokers.clone()))),
                     );
                 }
             }
+            if round % 2 == 1 {
+                round_plan.reverse();
+            }
+            plan.extend(round_plan);
         }
         let label = format!("tx of {tx_size}");
         rows.extend(bench.drain_backlog(cli.rows, tx_size, &label, &plan).await?);
@@ -312,7 +319,7 @@ struct Bench {
 impl Bench {
     /// Empties the outbox, creates one slot per consumer, loads the backlog,
     /// then lets each consumer drain it in turn. Ratios are to the reference
-    /// run before them.
+    /// run before them (in a reversed round, the previous round's).
     async fn drain_backlog(
         &self,
         rows: u64,
