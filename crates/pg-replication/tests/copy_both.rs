@@ -155,8 +155,12 @@ async fn send_copy_done_returns_after_the_server_processed_the_final_status() {
 async fn recv_is_cancel_safe_under_a_fast_timer() {
     let cluster = PgCluster::start().unwrap();
     cluster.psql(SETUP).unwrap();
-    // Rows large enough to span several socket reads each.
-    let rows = 200;
+    // Rows large enough to span several socket reads each, and in all (19 MB)
+    // far more than the socket buffers hold: whatever the scheduling, the
+    // walsender falls behind us at some point, recv waits, and the timer
+    // gets its chance to cancel it (with 2 MB a loaded machine could buffer
+    // the whole stream before we read it, and nothing was ever raced).
+    let rows = 2000;
     cluster
         .psql(&format!(
             "insert into items select g, repeat(md5(g::text), 300) from generate_series(1, {rows}) g"
