@@ -87,9 +87,28 @@ async fn broker_down_for_ten_seconds_holds_the_slot_and_loses_nothing() {
     let read = env.read(&env.topic, written.len()).await;
     let f = figures(&written, &read);
     assert_eq!((f.lost, f.order_violations), (0, 0));
-    assert_eq!(
-        f.duplicates, 0,
-        "librdkafka's idempotent retries must not duplicate"
+    // The idempotent producer's retries are deduplicated by the broker, and
+    // nearly always this run has no duplicate. But librdkafka does not promise
+    // none: one duplicate (same id and position) appeared once in about a
+    // dozen runs on the loaded 2-core machine, after the mock broker dropped
+    // its connections with requests in flight. What outboxd promises is
+    // duplicates only from the window not yet acknowledged when the broker
+    // went down.
+    let unacked: std::collections::HashSet<&str> = read
+        .iter()
+        .filter(|r| r.header("outboxd.lsn").unwrap().parse::<Lsn>().unwrap() >= held)
+        .map(|r| r.header("id").unwrap())
+        .collect();
+    eprintln!(
+        "{} duplicates; {} events were unacknowledged at the outage",
+        f.duplicates,
+        unacked.len()
+    );
+    assert!(
+        f.duplicates <= unacked.len(),
+        "{} duplicates but only {} events were unacknowledged",
+        f.duplicates,
+        unacked.len()
     );
     // After recovery the slot catches up with everything.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
