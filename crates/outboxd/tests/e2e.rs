@@ -287,6 +287,16 @@ async fn sigterm_with_the_broker_down_and_the_queue_full_exits_and_a_restart_los
     outboxd.terminate();
 }
 
+/// The commit LSN the stop message names ("… (commit LSN X, index N) …").
+fn failed_commit_lsn(log: &str) -> Lsn {
+    log.split("commit LSN ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("no commit LSN in the log:\n{log}"))
+        .parse()
+        .unwrap()
+}
+
 /// Inserts three events, the middle one with a payload above the producer's
 /// (and broker's) limit.
 async fn insert_with_a_huge_middle(env: &Env) -> Vec<String> {
@@ -331,13 +341,7 @@ async fn too_large_record_with_stop_exits_non_zero_naming_it_and_holds_the_slot(
         read.iter().map(|r| r.header("id").unwrap()).collect::<Vec<_>>(),
         [ids[0].as_str()]
     );
-    let failed_commit: Lsn = log
-        .split("commit LSN ")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let failed_commit = failed_commit_lsn(&log);
     let confirmed = env.confirmed().await;
     assert!(
         confirmed > before && confirmed <= failed_commit,
@@ -411,13 +415,7 @@ async fn dead_letter_that_fails_too_stops_the_run_instead_of_looping() {
     assert_eq!(log.matches("record dead-lettered").count(), 1, "log:\n{log}");
     assert_eq!(env.read("outboxd.dlq", 0).await.len(), 0);
     let after = env.confirmed().await;
-    let failed_commit: Lsn = log
-        .split("commit LSN ")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let failed_commit = failed_commit_lsn(&log);
     assert!(
         after >= before && after <= failed_commit,
         "slot at {after}, failed commit {failed_commit}"
