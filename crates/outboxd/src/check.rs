@@ -471,12 +471,9 @@ pub async fn status(config: &Config) -> anyhow::Result<Vec<(String, String)>> {
     match checkpoint {
         Some(checkpoint) => {
             let delivered = checkpoint.delivered_end_lsn;
-            let age = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs())
-                .checked_sub(checkpoint.written_at_unix)
-                .filter(|_| checkpoint.written_at_unix > 0)
-                .map(|secs| format!(", written {secs} s ago"))
+            let age = checkpoint
+                .age()
+                .map(|age| format!(", written {} s ago", age.as_secs()))
                 .unwrap_or_default();
             lines.push((
                 "checkpoint".into(),

@@ -56,16 +56,26 @@ pub struct LastEvent {
 impl Checkpoint {
     /// A checkpoint of `delivered_end_lsn` written now (the store adds its origin).
     pub fn now(delivered_end_lsn: Lsn, last_event: Option<LastEvent>) -> Self {
-        let written_at_unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
         Checkpoint {
             delivered_end_lsn,
             last_event,
-            written_at_unix,
+            written_at_unix: unix_now(),
             origin: None,
         }
     }
+
+    /// How long ago the file was written (`None` if the file does not say).
+    pub fn age(&self) -> Option<std::time::Duration> {
+        (self.written_at_unix > 0)
+            .then(|| std::time::Duration::from_secs(unix_now().saturating_sub(self.written_at_unix)))
+    }
+}
+
+/// Seconds since the Unix epoch (0 for a clock before it).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A checkpoint file.

@@ -142,11 +142,8 @@ pub async fn run_from(
     // With `--start-lsn` the start counts as delivered now; from the
     // checkpoint, as of when it was written (retention keeps counting).
     let age = match (start_lsn, &saved_checkpoint) {
-        (None, Some(saved)) if saved.written_at_unix > 0 => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-            .saturating_sub(saved.written_at_unix),
-        _ => 0,
+        (None, Some(saved)) => saved.age().unwrap_or_default(),
+        _ => Duration::ZERO,
     };
     let pipeline = Pipeline::new(
         options,
@@ -157,7 +154,7 @@ pub async fn run_from(
         Some(checkpoint),
         Arc::clone(&metrics),
     )
-    .start_delivered_ago(Duration::from_secs(age));
+    .start_delivered_ago(age);
     let result = pipeline.run(stream, shutdown).await.map_err(RunError::Pipeline);
     for task in background {
         task.abort();

@@ -88,7 +88,8 @@ impl KafkaConfig {
     /// and adds the required settings. Aliases are normalised first
     /// (`request.required.acks` is `acks`, `delivery.timeout.ms` is
     /// `message.timeout.ms`, `max.in.flight` is
-    /// `max.in.flight.requests.per.connection`).
+    /// `max.in.flight.requests.per.connection`, `message.send.max.retries` is
+    /// `retries`).
     pub fn new<K, V>(properties: impl IntoIterator<Item = (K, V)>) -> Result<Self, ConfigError>
     where
         K: Into<String>,
@@ -175,6 +176,7 @@ fn canonical(key: &str) -> &str {
         "delivery.timeout.ms" => "message.timeout.ms",
         "max.in.flight" => "max.in.flight.requests.per.connection",
         "metadata.broker.list" => "bootstrap.servers",
+        "message.send.max.retries" => "retries",
         other => other,
     }
 }
@@ -214,7 +216,7 @@ fn check(key: &str, value: &str) -> Result<(), ConfigError> {
             "keys must land where Java clients put them (murmur2); another partitioner splits an aggregate's events across partitions",
         )),
         // librdkafka's default with idempotence is INT32_MAX, i.e. forever.
-        "retries" | "message.send.max.retries" if v.parse::<u64>().map_or(true, |n| n < i32::MAX as u64) => {
+        "retries" if v.parse::<u64>().map_or(true, |n| n < i32::MAX as u64) => {
             Err(unsafe_setting(
                 key,
                 value,
