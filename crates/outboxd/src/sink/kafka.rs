@@ -11,3 +11,102 @@ use crate::config::Config;
 pub fn build(config: &Config, deliveries: mpsc::UnboundedSender<Delivery>) -> anyhow::Result<KafkaSink> {
     KafkaSink::new(&config.kafka()?, deliveries).context("cannot create the Kafka producer")
 }
+
+/// `outboxd demo`'s Kafka: librdkafka's in-process mock cluster.
+pub struct Demo {
+    mock: rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    partitions: i32,
+}
+
+impl std::fmt::Debug for Demo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Demo")
+            .field("partitions", &self.partitions)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The demo's topic.
+const DEMO_TOPIC: &str = "outbox.event.order";
+
+impl Demo {
+    /// Starts the mock cluster with the demo topic.
+    pub fn start(partitions: i32) -> anyhow::Result<Self> {
+        let mock = rdkafka::mocking::MockCluster::new(1).context("cannot start librdkafka's mock cluster")?;
+        mock.create_topic(DEMO_TOPIC, partitions, 1)
+            .context("creating the demo topic")?;
+        Ok(Demo { mock, partitions })
+    }
+
+    /// One line for the demo's header.
+    pub fn describe(&self) -> String {
+        format!(
+            "kafka      in-process mock cluster at {}, topic {DEMO_TOPIC} with {} partitions",
+            self.mock.bootstrap_servers(),
+            self.partitions
+        )
+    }
+
+    /// Points the configuration at it.
+    pub fn configure(&self, config: &mut Config) {
+        config.sink.kind = super::SinkKind::Kafka;
+        config.kafka.brokers = Some(self.mock.bootstrap_servers());
+        config.kafka.properties.insert("linger.ms".into(), "5".into());
+    }
+
+    /// A plain consumer handing each record that arrives to `print`, until `stop`.
+    fn read_and_print(
+        bootstrap: &str,
+        partitions: i32,
+        print: &dyn Fn(&super::DemoRecord),
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> anyhow::Result<()> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::{Headers, Message};
+        use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "outboxd-demo-reader")
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let mut assignment = TopicPartitionList::new();
+        for p in 0..partitions {
+            assignment.add_partition_offset(DEMO_TOPIC, p, Offset::Beginning)?;
+        }
+        consumer.assign(&assignment)?;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let Some(message) = consumer.poll(std::time::Duration::from_millis(100)) else {
+                continue;
+            };
+            let message = message?;
+            let header = |name: &str| {
+                message
+                    .headers()
+                    .and_then(|hs| hs.iter().find(|h| h.key == name).and_then(|h| h.value))
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default()
+            };
+            print(&super::DemoRecord {
+                key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+                lane: message.partition().to_string(),
+                event_type: header("type"),
+                lsn: header("outboxd.lsn"),
+                index: header("outboxd.index"),
+                id: header("id"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Starts the printing consumer on a blocking thread.
+    pub fn spawn_reader(
+        &self,
+        print: Box<dyn Fn(&super::DemoRecord) + Send>,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+        let bootstrap = self.mock.bootstrap_servers();
+        let partitions = self.partitions;
+        tokio::task::spawn_blocking(move || Self::read_and_print(&bootstrap, partitions, &*print, &stop))
+    }
+}
