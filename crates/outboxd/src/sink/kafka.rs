@@ -1,15 +1,102 @@
 //! The Kafka sink, built from `[kafka]`.
 
+use std::time::Duration;
+
 use anyhow::Context;
 use outbox_core::Delivery;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
 use sink_kafka::KafkaSink;
 use tokio::sync::mpsc;
 
-use crate::config::Config;
+use crate::check::{fail, ok, warn, Finding};
+use crate::config::{Config, PermanentErrorPolicy};
 
 /// The Kafka producer the configuration describes.
 pub fn build(config: &Config, deliveries: mpsc::UnboundedSender<Delivery>) -> anyhow::Result<KafkaSink> {
     KafkaSink::new(&config.kafka()?, deliveries).context("cannot create the Kafka producer")
+}
+
+/// `outboxd check`'s broker findings: reachability, topics and partitions,
+/// the dead-letter topic.
+pub async fn check(config: &Config, findings: &mut Vec<Finding>) {
+    let kafka = match config.kafka() {
+        Ok(k) => k,
+        Err(err) => {
+            findings.push(fail("kafka configuration", format!("{err:#}"), "fix [kafka]"));
+            return;
+        }
+    };
+    let mut client_config: ClientConfig = kafka.client_config();
+    // Producer-only settings would only produce warnings on a consumer.
+    for key in [
+        "enable.idempotence",
+        "acks",
+        "max.in.flight.requests.per.connection",
+        "message.timeout.ms",
+        "partitioner",
+    ] {
+        client_config.remove(key);
+    }
+    let result = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = client_config.create()?;
+        consumer.fetch_metadata(None, Duration::from_secs(10))
+    })
+    .await;
+    let metadata = match result {
+        Ok(Ok(metadata)) => metadata,
+        Ok(Err(err)) => {
+            findings.push(fail(
+                "broker",
+                format!(
+                    "cannot fetch metadata from {}: {err}",
+                    kafka.get("bootstrap.servers").unwrap_or("?")
+                ),
+                "check kafka.brokers, network access and TLS/SASL settings",
+            ));
+            return;
+        }
+        Err(err) => {
+            findings.push(fail("broker", err.to_string(), "retry"));
+            return;
+        }
+    };
+    findings.push(ok(
+        "broker",
+        format!("reachable, {} broker(s)", metadata.brokers().len()),
+    ));
+    let topic = &config.routing.topic;
+    let prefix = topic.split("${").next().unwrap_or(topic);
+    let mut matched = 0;
+    for t in metadata.topics() {
+        let name = t.name();
+        if (topic.contains("${") && name.starts_with(prefix) && !prefix.is_empty()) || name == topic {
+            matched += 1;
+            findings.push(ok(
+                "topic",
+                format!("{name}: {} partitions", t.partitions().len()),
+            ));
+        }
+    }
+    if matched == 0 {
+        findings.push(warn(
+            "topic",
+            format!("no topic matches {topic:?}"),
+            "create the topics with the partition count you want (auto-created topics get the broker's default)",
+        ));
+    }
+    if config.policy().ok() == Some(PermanentErrorPolicy::DeadLetter) {
+        let dlq = &config.dead_letter();
+        if metadata.topics().iter().any(|t| t.name() == dlq) {
+            findings.push(ok("dead-letter topic", dlq.clone()));
+        } else {
+            findings.push(fail(
+                "dead-letter topic",
+                format!("{dlq} does not exist"),
+                format!("create topic {dlq}"),
+            ));
+        }
+    }
 }
 
 /// `outboxd demo`'s Kafka: librdkafka's in-process mock cluster.

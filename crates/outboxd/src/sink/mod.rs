@@ -66,6 +66,13 @@ impl AnySink {
     }
 }
 
+/// `outboxd check`'s findings about the configured broker.
+pub async fn check(config: &Config, findings: &mut Vec<crate::check::Finding>) {
+    match config.sink.kind {
+        SinkKind::Kafka => kafka::check(config, findings).await,
+    }
+}
+
 impl Sink for AnySink {
     async fn send(&mut self, record: Record, tx: TxSeq) -> Result<(), DeliveryError> {
         match self {
@@ -102,7 +109,7 @@ pub struct DemoRecord {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum DemoBroker {
-    /// librdkafka's in-process mock cluster.
+    /// The in-process mock Kafka cluster (see [`kafka::Demo`]).
     Kafka(kafka::Demo),
 }
 
