@@ -718,4 +718,48 @@ mod tests {
             .to_string()
             .contains("unknown placeholder"));
     }
+
+    #[test]
+    fn the_sink_policy_is_read_from_sink_or_kafka_and_a_disagreement_is_refused() {
+        let legacy = Config::from_toml("[kafka]\non_permanent_error = \"dead-letter\"\n").unwrap();
+        assert_eq!(legacy.policy().unwrap(), PermanentErrorPolicy::DeadLetter);
+        assert_eq!(legacy.dead_letter(), "outboxd.dlq");
+        let neutral =
+            Config::from_toml("[sink]\non_permanent_error = \"dead-letter\"\ndead_letter = \"dlq.v2\"\n")
+                .unwrap();
+        assert_eq!(neutral.policy().unwrap(), PermanentErrorPolicy::DeadLetter);
+        assert_eq!(neutral.dead_letter(), "dlq.v2");
+        let both = Config::from_toml(
+            "[sink]\non_permanent_error = \"stop\"\n[kafka]\non_permanent_error = \"dead-letter\"\n",
+        )
+        .unwrap();
+        let err = both.policy().unwrap_err();
+        assert!(format!("{err:#}").contains("disagree"), "{err:#}");
+        let bad = Config::from_toml(
+            "[sink]\non_permanent_error = \"dead-letter\"\ndead_letter = \"no/slash\"\n\
+             [kafka]\nbrokers = \"k:9092\"\n",
+        )
+        .unwrap();
+        let err = bad.validate().unwrap_err();
+        assert!(
+            format!("{err:#}").contains("sink.dead_letter \"no/slash\""),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn the_sink_kind_comes_from_the_file_or_outboxd_sink() {
+        let mut config = Config::from_toml("[sink]\nkind = \"kafka\"\n").unwrap();
+        assert_eq!(config.sink.kind, SinkKind::Kafka);
+        let err = config
+            .apply_env([("OUTBOXD_SINK".to_owned(), "carrier-pigeon".to_owned())])
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("OUTBOXD_SINK=\"carrier-pigeon\": expected one of kafka"),
+            "{err}"
+        );
+        let err = Config::from_toml("[sink]\nkind = \"nats\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("unknown variant `nats`"), "{err:#}");
+    }
 }
