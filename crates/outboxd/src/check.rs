@@ -368,6 +368,13 @@ pub async fn status(config: &Config) -> anyhow::Result<Vec<(String, String)>> {
                         .unwrap_or_else(|| ", not in use".into())
                 ),
             ));
+            lines.push((
+                "lease".into(),
+                match crate::lease::holder(&client, &slot.name).await {
+                    Some(holder) => format!("held by {holder}"),
+                    None => "free (no outboxd instance streams this slot)".into(),
+                },
+            ));
             lines.push(("slot confirmed".into(), confirmed.to_string()));
             lines.push((
                 "slot restart".into(),

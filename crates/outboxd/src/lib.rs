@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod checkpoint_writer;
 pub mod config;
 pub mod demo;
+pub mod lease;
 pub mod maintenance;
 pub mod metrics;
 pub mod pipeline;

@@ -46,6 +46,10 @@ pub struct Metrics {
     slot_retained_bytes: Gauge<i64, AtomicI64>,
     reconnects: Counter,
     commit_to_ack: Histogram,
+    leader: Gauge<i64, AtomicI64>,
+    takeovers: Counter,
+    /// Set while this instance waits as a standby: whom it waits for.
+    standby: Mutex<Option<String>>,
     // Health.
     last_delivery_ms: AtomicU64,
     stalled_since_ms: AtomicU64,
@@ -138,6 +142,18 @@ impl Metrics {
             "Replication reconnects after transient failures",
             reconnects.clone(),
         );
+        let leader = Gauge::<i64, AtomicI64>::default();
+        let takeovers = Counter::default();
+        registry.register(
+            "leader",
+            "1 while this instance holds the slot's lease and streams, 0 while it is a standby",
+            leader.clone(),
+        );
+        registry.register(
+            "takeovers",
+            "Times this instance took the lease over after waiting as a standby",
+            takeovers.clone(),
+        );
         registry.register(
             "commit_to_ack_seconds",
             "From a transaction's commit (server clock) to its acknowledgement after delivery (local clock)",
@@ -156,6 +172,9 @@ impl Metrics {
             slot_retained_bytes,
             reconnects,
             commit_to_ack,
+            leader,
+            takeovers,
+            standby: Mutex::new(None),
             last_delivery_ms: AtomicU64::new(now_ms()),
             stalled_since_ms: AtomicU64::new(0),
             stream: Mutex::new(None),
@@ -246,6 +265,21 @@ impl Metrics {
         }
     }
 
+    /// This instance waits for the lease (`holder`: who has it, if known).
+    pub(crate) fn standby(&self, holder: String) {
+        self.leader.set(0);
+        *self.standby.lock().unwrap_or_else(|e| e.into_inner()) = Some(holder);
+    }
+
+    /// This instance holds the lease; `takeover` when it waited for it.
+    pub(crate) fn leading(&self, takeover: bool) {
+        self.leader.set(1);
+        if takeover {
+            self.takeovers.inc();
+        }
+        *self.standby.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     pub(crate) fn slot_retained(&self, bytes: i64) {
         self.slot_retained_bytes.set(bytes);
     }
@@ -255,6 +289,9 @@ impl Metrics {
     /// send one every status interval while connected); delivery is stalled
     /// when records are in flight and no delivery report came.
     pub fn readiness(&self, threshold: Duration) -> Result<(), String> {
+        if let Some(holder) = self.standby.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            return Err(format!("standby: waiting for the lease held by {holder}"));
+        }
         let now = SystemTime::now();
         let mut problems = Vec::new();
         match self.stream.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {

@@ -161,6 +161,10 @@ pub enum PipelineError {
     /// The checkpoint could not be written.
     #[error(transparent)]
     Checkpoint(anyhow::Error),
+    /// This instance may have lost the slot's lease; it stopped without
+    /// confirming anything more (another instance takes over).
+    #[error("the lease may be lost ({0}): stopped without confirming anything more; a standby takes over")]
+    LeaseLost(String),
 }
 
 /// A record that failed for good, for the stop message.
@@ -274,16 +278,27 @@ impl<S: Sink> Pipeline<S> {
 
     /// Runs until `shutdown` resolves (then drains and returns the summary)
     /// or a definite error. The source is shut down either way, after the
-    /// final acknowledgement.
+    /// final acknowledgement. When `lease_lost` resolves (this instance may no
+    /// longer lead), it stops at once and acknowledges nothing more.
     pub async fn run<E: EventSource>(
         mut self,
         mut source: E,
         shutdown: impl Future<Output = ()>,
+        lease_lost: impl Future<Output = String>,
     ) -> Result<Summary, PipelineError> {
-        let result = self.stream_until(&mut source, shutdown).await;
-        // Whatever happened, deliver what can be delivered and acknowledge it.
-        let drained = self.drain().await;
-        let acknowledged = self.acknowledge(&mut source, true);
+        let result = self.stream_until(&mut source, shutdown, lease_lost).await;
+        if let Err(PipelineError::LeaseLost(reason)) = &result {
+            error!(reason = %reason, confirmed = %self.summary.confirmed,
+                   "the lease may be lost: stopping without confirming anything more");
+        } else {
+            // Deliver what can be delivered and acknowledge it.
+            let drained = self.drain().await;
+            let acknowledged = self.acknowledge(&mut source, true);
+            if result.is_ok() {
+                drained?;
+                acknowledged?;
+            }
+        }
         let written = match self.checkpoint.take() {
             Some(writer) => writer.finish().await.map_err(PipelineError::Checkpoint),
             None => Ok(()),
@@ -292,8 +307,6 @@ impl<S: Sink> Pipeline<S> {
             warn!(error = %err, "replication stream did not shut down cleanly");
         }
         result?;
-        drained?;
-        acknowledged?;
         written?;
         if let Some(failure) = self.failure.take() {
             return Err(self.undeliverable(failure));
@@ -307,8 +320,10 @@ impl<S: Sink> Pipeline<S> {
         &mut self,
         source: &mut E,
         shutdown: impl Future<Output = ()>,
+        lease_lost: impl Future<Output = String>,
     ) -> Result<(), PipelineError> {
         tokio::pin!(shutdown);
+        tokio::pin!(lease_lost);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         // Set once shutdown is requested: finish the open transaction (its
         // records may already be at the destination; stopping inside it would
@@ -330,6 +345,7 @@ impl<S: Sink> Pipeline<S> {
             }
             tokio::select! {
                 biased;
+                reason = &mut lease_lost => return Err(PipelineError::LeaseLost(reason)),
                 () = &mut shutdown, if stopping.is_none() => {
                     info!("shutdown requested: finish the open transaction, stop reading, drain deliveries");
                     stopping = Some(Instant::now() + self.options.drain_timeout / 2);

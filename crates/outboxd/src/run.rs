@@ -12,6 +12,7 @@ use tracing::info;
 use crate::admin;
 use crate::checkpoint::{CheckpointStore, Origin};
 use crate::config::Config;
+use crate::lease;
 use crate::maintenance;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineError, PipelineOptions, Retention, Summary};
@@ -62,9 +63,35 @@ pub async fn run_from(
 ) -> Result<Summary, RunError> {
     config.validate().map_err(RunError::Setup)?;
     let options = pipeline_options(config).map_err(RunError::Setup)?;
+    tokio::pin!(shutdown);
+    // The admin server first: a standby answers /readyz (503 "standby") too.
+    let admin = if config.admin.listen.is_empty() {
+        None
+    } else {
+        let threshold = Duration::from_millis(config.admin.stall_threshold_ms);
+        let (_, task) = admin::serve(&config.admin.listen, Arc::clone(&metrics), threshold)
+            .await
+            .map_err(RunError::Setup)?;
+        Some(AbortOnDrop(task))
+    };
+    let replication = config.replication().map_err(RunError::Setup)?;
+    let mut waited = false;
+    let lease = match lease::acquire(&replication, &config.postgres.slot, shutdown.as_mut(), |holder| {
+        waited = true;
+        metrics.standby(holder.map_or_else(|| "another instance".to_owned(), ToString::to_string));
+    })
+    .await
+    {
+        lease::Acquired::Leader(lease) => lease,
+        lease::Acquired::Shutdown => {
+            info!("shutdown requested while waiting for the lease; nothing was streamed");
+            return Ok(Summary::default());
+        }
+    };
+    metrics.leading(waited);
+    // Read after taking the lease: a previous leader may have written it meanwhile.
     let checkpoint = CheckpointStore::new(&config.checkpoint.path);
     let saved_checkpoint = checkpoint.load().map_err(RunError::Setup)?;
-    tokio::pin!(shutdown);
     let Some(identity) = identify(config, shutdown.as_mut()).await? else {
         info!("shutdown requested before PostgreSQL was reachable; nothing was streamed");
         return Ok(Summary::default());
@@ -124,15 +151,6 @@ pub async fn run_from(
         }
     };
     metrics.attach_stream(stream.stats());
-    let admin = if config.admin.listen.is_empty() {
-        None
-    } else {
-        let threshold = Duration::from_millis(config.admin.stall_threshold_ms);
-        let (_, task) = admin::serve(&config.admin.listen, Arc::clone(&metrics), threshold)
-            .await
-            .map_err(RunError::Setup)?;
-        Some(task)
-    };
     let mut background = vec![tokio::spawn(housekeeping(config.clone(), Arc::clone(&metrics)))];
     if config.heartbeat.interval_ms > 0 {
         background.push(tokio::spawn(maintenance::heartbeat(config.clone())));
@@ -157,13 +175,14 @@ pub async fn run_from(
         Arc::clone(&metrics),
     )
     .start_delivered_ago(age);
-    let result = pipeline.run(stream, shutdown).await.map_err(RunError::Pipeline);
+    let result = pipeline
+        .run(stream, shutdown, lease.lost())
+        .await
+        .map_err(RunError::Pipeline);
     for task in background {
         task.abort();
     }
-    if let Some(admin) = admin {
-        admin.abort();
-    }
+    drop(admin);
     result
 }
 
@@ -318,5 +337,14 @@ pub fn shutdown_signal() -> impl Future<Output = ()> {
                 std::future::pending::<()>().await
             }
         }
+    }
+}
+
+/// Aborts a background task when dropped (every return path of `run`).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -3,5 +3,6 @@
 
 mod conformance;
 mod e2e;
+mod ha;
 mod ops;
 mod support;

@@ -36,7 +36,7 @@ impl EventSource for ScriptedSource {
     fn ack(&mut self, end_lsn: Lsn) {
         let mut acks = self.acks.lock().unwrap();
         assert!(
-            acks.last().is_none_or(|last| *last < end_lsn),
+            acks.last().map_or(true, |last| *last < end_lsn),
             "acknowledged {end_lsn} after {acks:?}"
         );
         acks.push(end_lsn);
@@ -77,6 +77,7 @@ struct Harness {
     sent: Arc<Mutex<Vec<(TxSeq, Record)>>>,
     reports: mpsc::UnboundedSender<Delivery>,
     stop: Option<oneshot::Sender<()>>,
+    lose_lease: Option<oneshot::Sender<()>>,
     run: tokio::task::JoinHandle<Result<Summary, PipelineError>>,
     metrics: Arc<Metrics>,
 }
@@ -114,9 +115,19 @@ impl Harness {
         let metrics = Metrics::new();
         let pipeline = Pipeline::new(options, sink, deliveries, start, checkpoint, Arc::clone(&metrics));
         let (stop, stopped) = oneshot::channel::<()>();
-        let run = tokio::spawn(pipeline.run(source, async move {
-            let _ = stopped.await;
-        }));
+        let (lose_lease, lease_lost) = oneshot::channel::<()>();
+        let run = tokio::spawn(pipeline.run(
+            source,
+            async move {
+                let _ = stopped.await;
+            },
+            async move {
+                match lease_lost.await {
+                    Ok(()) => "the lease connection closed".to_owned(),
+                    Err(_) => std::future::pending().await,
+                }
+            },
+        ));
         Harness {
             events,
             acks,
@@ -124,6 +135,7 @@ impl Harness {
             sent,
             reports,
             stop: Some(stop),
+            lose_lease: Some(lose_lease),
             run,
             metrics,
         }
@@ -631,4 +643,20 @@ async fn delivery_errors_are_counted_by_class() {
         "{text}"
     );
     h.stop().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_lease_stops_at_once_and_confirms_nothing_more() {
+    let mut h = Harness::start(options(PermanentErrorPolicy::Stop), lsn(100), None, 100);
+    h.transaction(200, 210, &[("a1", "k1")]);
+    h.transaction(300, 310, &[("b1", "k2")]);
+    h.settle().await;
+    h.report(0, Ok(()));
+    h.settle().await;
+    assert_eq!(h.acked(), Some(lsn(210)));
+    h.lose_lease.take().unwrap().send(()).unwrap();
+    // b1 is never confirmed: the run ended without draining or acknowledging.
+    let err = h.run.await.unwrap().unwrap_err();
+    assert!(matches!(err, PipelineError::LeaseLost(_)), "{err:?}");
+    assert_eq!(*h.acks.lock().unwrap(), [lsn(100), lsn(210)]);
 }
