@@ -82,6 +82,8 @@ pub async fn run_from(
     let checkpoint = checkpoint.with_origin(Origin {
         system_id: identity.system_id.clone(),
         timeline: identity.timeline,
+        slot: Some(config.postgres.slot.clone()),
+        database: identity.dbname.clone(),
     });
     let mut stream_config = config.stream().map_err(RunError::Setup)?;
     let start = match start_lsn {
@@ -200,6 +202,9 @@ async fn identify(
 /// ahead of this server's WAL, would skip transactions never delivered.
 ///
 /// * Another system identifier: refused (the file is another cluster's).
+/// * Another slot or database: refused (LSNs are cluster-wide, so another
+///   slot's position would skip this one's events). Files without these
+///   lines (older versions) are not refused for them.
 /// * Ahead of the server's current WAL: refused (a restore from backup, or
 ///   another server): nothing can have been delivered there.
 /// * Another timeline (failover, point-in-time restore): the history may
@@ -222,6 +227,21 @@ fn trusted_position(
                  file, or move the file away to start from the slot's position",
                 origin.system_id,
                 identity.system_id
+            );
+        }
+    }
+    if let Some(origin) = &saved.origin {
+        let database = identity.dbname.as_deref().unwrap_or("?");
+        let slot = &config.postgres.slot;
+        let other_slot = origin.slot.as_deref().is_some_and(|s| s != slot);
+        let other_database = origin.database.as_deref().is_some_and(|d| d != database);
+        if other_slot || other_database {
+            anyhow::bail!(
+                "the checkpoint {path} belongs to slot {:?} in database {:?}, but this instance streams \
+                 slot {slot:?} in database {database:?}: LSNs are shared by every slot of a cluster, so its \
+                 position would skip this slot's events. Give each instance its own checkpoint.path",
+                origin.slot.as_deref().unwrap_or("?"),
+                origin.database.as_deref().unwrap_or("?"),
             );
         }
     }
