@@ -77,6 +77,9 @@ pub enum ColumnLookup {
     Null,
     /// The value in text format.
     Value(Bytes),
+    /// A value that cannot be read as its type says (say, a `bytea` whose
+    /// text form is not valid hex): the row is malformed.
+    Malformed(String),
 }
 
 /// A row that does not make an outbox event. Permanent for that row: the same
@@ -93,6 +96,14 @@ pub enum MappingError {
     /// A column that must be text is not UTF-8.
     #[error("outbox column {0:?} is not valid UTF-8")]
     NotUtf8(String),
+    /// A column's value cannot be read as its type says.
+    #[error("outbox column {column:?} is malformed: {reason}")]
+    Malformed {
+        /// The column.
+        column: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl ColumnMapping {
@@ -106,6 +117,10 @@ impl ColumnMapping {
             ColumnLookup::Missing => Err(MappingError::MissingColumn(column.to_owned())),
             ColumnLookup::Null => Ok(None),
             ColumnLookup::Value(bytes) => Ok(Some(bytes)),
+            ColumnLookup::Malformed(reason) => Err(MappingError::Malformed {
+                column: column.to_owned(),
+                reason,
+            }),
         };
         let required = |column: &str| value(column)?.ok_or_else(|| MappingError::Null(column.to_owned()));
         let text = |column: &str| {

@@ -31,15 +31,21 @@ pub struct Checkpoint {
     pub origin: Option<Origin>,
 }
 
-/// Which WAL history a checkpoint's position belongs to: a position means
-/// nothing on another cluster, and after a failover or a point-in-time
-/// restore (a new timeline) the same LSN may hold other transactions.
+/// Which WAL history and which stream a checkpoint's position belongs to: a
+/// position means nothing on another cluster, after a failover or a
+/// point-in-time restore (a new timeline) the same LSN may hold other
+/// transactions, and LSNs are shared by every database and slot of a cluster,
+/// so another slot's position would skip this slot's events.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
     /// `IDENTIFY_SYSTEM`'s system identifier.
     pub system_id: String,
     /// `IDENTIFY_SYSTEM`'s timeline when the file was written.
     pub timeline: u32,
+    /// The slot streamed from (`None` in files of older versions).
+    pub slot: Option<String>,
+    /// The database streamed from (`None` in files of older versions).
+    pub database: Option<String>,
 }
 
 /// The last delivered event: enough to find it in Kafka and in the outbox.
@@ -146,10 +152,14 @@ impl CheckpointStore {
             })
         })();
         let written_at_unix = field("written_at_unix").and_then(|v| v.parse().ok()).unwrap_or(0);
+        // Names are quoted like the event id; older files have no such lines.
+        let name = |key: &str| field(key).and_then(|v| serde_json::from_str::<String>(v).ok());
         let origin = (|| {
             Some(Origin {
                 system_id: field("system_identifier")?.to_owned(),
                 timeline: field("timeline")?.parse().ok()?,
+                slot: name("slot"),
+                database: name("database"),
             })
         })();
         Ok(Some(Checkpoint {
@@ -186,6 +196,13 @@ impl CheckpointStore {
                 "system_identifier = {}\ntimeline = {}\n",
                 origin.system_id, origin.timeline
             ));
+            let quoted = |name: &str| serde_json::to_string(name).unwrap_or_else(|_| "\"?\"".to_owned());
+            if let Some(slot) = &origin.slot {
+                text.push_str(&format!("slot = {}\n", quoted(slot)));
+            }
+            if let Some(database) = &origin.database {
+                text.push_str(&format!("database = {}\n", quoted(database)));
+            }
         }
         let write = || -> std::io::Result<()> {
             let mut file = File::create(&tmp)?;
@@ -231,6 +248,8 @@ mod tests {
         let origin = Origin {
             system_id: "7441170001234567890".into(),
             timeline: 2,
+            slot: Some("outboxd".into()),
+            database: Some("app \"db\"".into()),
         };
         let store = store.with_origin(origin.clone());
         store.store(&second).unwrap();
@@ -246,7 +265,8 @@ mod tests {
             text,
             "outboxd-checkpoint v1\ndelivered_end_lsn = 17/0\nlast_event_id = \"e-1\\nwith a newline\"\n\
              last_event_commit_lsn = 16/FFFF0000\nlast_event_index = 3\nwritten_at_unix = 1764650000\n\
-             system_identifier = 7441170001234567890\ntimeline = 2\n"
+             system_identifier = 7441170001234567890\ntimeline = 2\nslot = \"outboxd\"\n\
+             database = \"app \\\"db\\\"\"\n"
         );
         assert_eq!(
             fs::read_dir(dir.path()).unwrap().count(),
@@ -277,6 +297,27 @@ mod tests {
         assert_eq!(
             CheckpointStore::new(&path).load().unwrap(),
             Some(checkpoint(0x10, None, 0))
+        );
+    }
+
+    #[test]
+    fn a_file_with_an_origin_but_no_slot_or_database_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp");
+        fs::write(
+            &path,
+            "outboxd-checkpoint v1\ndelivered_end_lsn = 0/10\nsystem_identifier = 74\ntimeline = 1\n",
+        )
+        .unwrap();
+        let origin = CheckpointStore::new(&path).load().unwrap().unwrap().origin;
+        assert_eq!(
+            origin,
+            Some(Origin {
+                system_id: "74".into(),
+                timeline: 1,
+                slot: None,
+                database: None,
+            })
         );
     }
 

@@ -50,6 +50,8 @@ pub struct Metrics {
     takeovers: Counter,
     /// Set while this instance waits as a standby: whom it waits for.
     standby: Mutex<Option<String>>,
+    /// Reconnects of the attached stream already counted.
+    stream_reconnects: AtomicU64,
     // Health.
     last_delivery_ms: AtomicU64,
     stalled_since_ms: AtomicU64,
@@ -175,6 +177,7 @@ impl Metrics {
             leader,
             takeovers,
             standby: Mutex::new(None),
+            stream_reconnects: AtomicU64::new(0),
             last_delivery_ms: AtomicU64::new(now_ms()),
             stalled_since_ms: AtomicU64::new(0),
             stream: Mutex::new(None),
@@ -191,7 +194,16 @@ impl Metrics {
     }
 
     pub(crate) fn attach_stream(&self, stats: Arc<StreamStats>) {
+        self.stream_reconnects
+            .store(stats.reconnects(), Ordering::Relaxed);
         *self.stream.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
+    }
+
+    /// The lease connection broke while leading: streaming stopped and starts
+    /// again once the lease is taken (counted as a reconnect).
+    pub(crate) fn lease_lost(&self) {
+        self.leader.set(0);
+        self.reconnects.inc();
     }
 
     pub(crate) fn sent(&self, topic: &str, bytes: usize) {
@@ -258,7 +270,7 @@ impl Metrics {
             self.received_lsn.set(received);
             self.ack_lag_bytes.set((received - self.acked_lsn.get()).max(0));
             let reconnects = stats.reconnects();
-            let counted = self.reconnects.get();
+            let counted = self.stream_reconnects.swap(reconnects, Ordering::Relaxed);
             if reconnects > counted {
                 self.reconnects.inc_by(reconnects - counted);
             }

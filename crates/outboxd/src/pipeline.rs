@@ -51,8 +51,8 @@ use outbox_core::{
     header, AckTracker, ColumnLookup, ColumnMapping, Delivery, DeliveryError, ErrorClass, Lsn, MappingError,
     PermanentReason, Position, Record, RetentionWindow, Routing, Sink, TxSeq,
 };
-use pg_replication::ReplicationEvent;
-use pgoutput::{ColumnValue, PgTimestamp};
+use pg_replication::{ReplicationEvent, StoredValue};
+use pgoutput::PgTimestamp;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
@@ -659,12 +659,14 @@ pub fn to_record(
                 index: insert.index,
             };
             let source = format!("table {}.{}", insert.relation.namespace, insert.relation.name);
-            let lookup = |name: &str| match insert.column(name) {
+            // Values as stored: a bytea is its bytes, not its hex text.
+            let lookup = |name: &str| match insert.stored(name) {
                 None => ColumnLookup::Missing,
-                Some(ColumnValue::Null) => ColumnLookup::Null,
-                Some(ColumnValue::Text(b)) | Some(ColumnValue::Binary(b)) => ColumnLookup::Value(b.clone()),
+                Some(Ok(StoredValue::Null)) => ColumnLookup::Null,
+                Some(Ok(StoredValue::Bytes(b))) => ColumnLookup::Value(b),
                 // Inserts carry every value; treat the impossible as absent.
-                Some(ColumnValue::UnchangedToast) => ColumnLookup::Missing,
+                Some(Ok(StoredValue::Unchanged)) => ColumnLookup::Missing,
+                Some(Err(err)) => ColumnLookup::Malformed(err.to_string()),
             };
             let id = insert
                 .column(&mapping.id)

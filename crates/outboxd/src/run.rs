@@ -17,6 +17,7 @@ use crate::maintenance;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineError, PipelineOptions, Retention, Summary};
 use crate::sink::AnySink;
+use tracing::warn;
 
 /// The pipeline options a configuration describes.
 pub fn pipeline_options(config: &Config) -> anyhow::Result<PipelineOptions> {
@@ -65,7 +66,8 @@ pub async fn run_from(
     let options = pipeline_options(config).map_err(RunError::Setup)?;
     tokio::pin!(shutdown);
     // The admin server first: a standby answers /readyz (503 "standby") too.
-    let admin = if config.admin.listen.is_empty() {
+    // Held until `run` returns (aborted on drop).
+    let _admin = if config.admin.listen.is_empty() {
         None
     } else {
         let threshold = Duration::from_millis(config.admin.stall_threshold_ms);
@@ -75,20 +77,56 @@ pub async fn run_from(
         Some(AbortOnDrop(task))
     };
     let replication = config.replication().map_err(RunError::Setup)?;
-    let mut waited = false;
-    let lease = match lease::acquire(&replication, &config.postgres.slot, shutdown.as_mut(), |holder| {
-        waited = true;
-        metrics.standby(holder.map_or_else(|| "another instance".to_owned(), ToString::to_string));
-    })
-    .await
-    {
-        lease::Acquired::Leader(lease) => lease,
-        lease::Acquired::Shutdown => {
-            info!("shutdown requested while waiting for the lease; nothing was streamed");
-            return Ok(Summary::default());
+    let mut start_lsn = start_lsn;
+    loop {
+        let mut waited = false;
+        let lease = match lease::acquire(&replication, &config.postgres.slot, shutdown.as_mut(), |holder| {
+            waited = true;
+            metrics.standby(holder.map_or_else(|| "another instance".to_owned(), ToString::to_string));
+        })
+        .await
+        {
+            lease::Acquired::Leader(lease) => lease,
+            lease::Acquired::Shutdown => {
+                info!("shutdown requested while waiting for the lease; nothing was streamed");
+                return Ok(Summary::default());
+            }
+        };
+        metrics.leading(waited);
+        match lead(
+            config,
+            &options,
+            &metrics,
+            start_lsn.take(),
+            shutdown.as_mut(),
+            &lease,
+        )
+        .await
+        {
+            // The lease connection broke (a PostgreSQL restart, a network
+            // cut): nothing more was confirmed; take the lease again, or wait
+            // as a standby if another instance was quicker.
+            Err(RunError::Pipeline(PipelineError::LeaseLost(reason))) => {
+                warn!(reason = %reason, "the lease may be lost: streaming stopped; taking the lease again");
+                metrics.lease_lost();
+            }
+            other => return other,
         }
-    };
-    metrics.leading(waited);
+    }
+}
+
+/// Streams while holding `lease`: until shutdown, a definite error, or the
+/// lease's loss.
+async fn lead(
+    config: &Config,
+    options: &PipelineOptions,
+    metrics: &Arc<Metrics>,
+    start_lsn: Option<Lsn>,
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+    lease: &lease::Lease,
+) -> Result<Summary, RunError> {
+    let options = options.clone();
+    let metrics = Arc::clone(metrics);
     // Read after taking the lease: a previous leader may have written it meanwhile.
     let checkpoint = CheckpointStore::new(&config.checkpoint.path);
     let saved_checkpoint = checkpoint.load().map_err(RunError::Setup)?;
@@ -109,6 +147,8 @@ pub async fn run_from(
     let checkpoint = checkpoint.with_origin(Origin {
         system_id: identity.system_id.clone(),
         timeline: identity.timeline,
+        slot: Some(config.postgres.slot.clone()),
+        database: identity.dbname.clone(),
     });
     let mut stream_config = config.stream().map_err(RunError::Setup)?;
     let start = match start_lsn {
@@ -145,7 +185,7 @@ pub async fn run_from(
     // one): a stop request must still end it at once.
     let stream = tokio::select! {
         stream = ReplicationStream::start(stream_config) => stream.map_err(|e| RunError::Pipeline(e.into()))?,
-        () = &mut shutdown => {
+        () = shutdown.as_mut() => {
             info!("shutdown requested while connecting to the slot; nothing was streamed");
             return Ok(Summary::default());
         }
@@ -182,7 +222,6 @@ pub async fn run_from(
     for task in background {
         task.abort();
     }
-    drop(admin);
     result
 }
 
@@ -226,6 +265,9 @@ async fn identify(
 /// ahead of this server's WAL, would skip transactions never delivered.
 ///
 /// * Another system identifier: refused (the file is another cluster's).
+/// * Another slot or database: refused (LSNs are cluster-wide, so another
+///   slot's position would skip this one's events). Files without these
+///   lines (older versions) are not refused for them.
 /// * Ahead of the server's current WAL: refused (a restore from backup, or
 ///   another server): nothing can have been delivered there.
 /// * Another timeline (failover, point-in-time restore): the history may
@@ -248,6 +290,21 @@ fn trusted_position(
                  file, or move the file away to start from the slot's position",
                 origin.system_id,
                 identity.system_id
+            );
+        }
+    }
+    if let Some(origin) = &saved.origin {
+        let database = identity.dbname.as_deref().unwrap_or("?");
+        let slot = &config.postgres.slot;
+        let other_slot = origin.slot.as_deref().is_some_and(|s| s != slot);
+        let other_database = origin.database.as_deref().is_some_and(|d| d != database);
+        if other_slot || other_database {
+            anyhow::bail!(
+                "the checkpoint {path} belongs to slot {:?} in database {:?}, but this instance streams \
+                 slot {slot:?} in database {database:?}: LSNs are shared by every slot of a cluster, so its \
+                 position would skip this slot's events. Give each instance its own checkpoint.path",
+                origin.slot.as_deref().unwrap_or("?"),
+                origin.database.as_deref().unwrap_or("?"),
             );
         }
     }

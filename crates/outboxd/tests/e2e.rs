@@ -122,3 +122,47 @@ async fn dead_letter_that_fails_too_stops_the_run_instead_of_looping() {
         "slot at {after}, failed commit {failed_commit}"
     );
 }
+
+/// Found in review: a `bytea` payload went out as its hex text (`\x00ff…`)
+/// instead of the bytes the application stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytea_payload_is_sent_as_the_stored_bytes_not_hex_text() {
+    let suite = crate::conformance::suite();
+    let client = suite.pg.connect().await.unwrap();
+    client
+        .batch_execute(
+            "alter table outbox alter column payload type bytea using convert_to(payload::text, 'UTF8')",
+        )
+        .await
+        .unwrap();
+    let outboxd = suite.spawn_streaming();
+    // Not UTF-8, a NUL, a backslash and every byte value once.
+    let stored: Vec<Vec<u8>> = vec![
+        vec![0x00, 0xff, 0x80, 0xc3, 0x28, b'\\', b'x', b'0'],
+        (0..=255u8).collect(),
+    ];
+    let ids: Vec<String> = (0..stored.len() as u64).map(|n| event_id(9, n)).collect();
+    for (id, bytes) in ids.iter().zip(&stored) {
+        client
+            .execute(
+                "insert into outbox (id, aggregatetype, aggregateid, type, payload) \
+                 values ($1::text::uuid, 'order', 'agg-9', 'OrderChanged', $2)",
+                &[id as &(dyn tokio_postgres::types::ToSql + Sync), bytes],
+            )
+            .await
+            .unwrap();
+    }
+    let mut read = suite.read(stored.len());
+    read.sort_by_key(|r| r.commit_lsn());
+    let got: Vec<(&str, Option<&[u8]>)> = read
+        .iter()
+        .map(|r| (r.header("id").unwrap(), r.value.as_deref()))
+        .collect();
+    let want: Vec<(&str, Option<&[u8]>)> = ids
+        .iter()
+        .zip(&stored)
+        .map(|(id, bytes)| (id.as_str(), Some(bytes.as_slice())))
+        .collect();
+    assert_eq!(got, want);
+    outboxd.terminate();
+}

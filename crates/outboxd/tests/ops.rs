@@ -364,6 +364,72 @@ async fn a_checkpoint_of_another_cluster_timeline_or_future_never_skips_events()
     );
 }
 
+/// Found in review: a checkpoint named its cluster and timeline but not its
+/// slot or database, so a second instance (another database of the same
+/// cluster) given the same checkpoint path skipped its own events up to the
+/// first instance's position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_of_another_slot_or_database_is_refused_naming_both() {
+    let env = Env::start("");
+    let pg = env.pg.connect().await.unwrap();
+    pg.batch_execute("create database second").await.unwrap();
+    let second = [
+        ("OUTBOXD_POSTGRES_URL", env.pg.url("postgres", "second")),
+        ("OUTBOXD_POSTGRES_SLOT", "outboxd_second".to_owned()),
+    ];
+    let (ok, text) = output_of({
+        let mut command = env.command(&["setup", "--create-table"]);
+        command.envs(second.iter().map(|(k, v)| (k, v)));
+        command
+    });
+    assert!(ok, "{text}");
+    // Events in the second database that its instance has not sent yet...
+    let mut theirs = writer(env.pg.config("postgres", "second"), 1, 3, 1, 1, Duration::ZERO).await;
+    // ...and a checkpoint of the first instance past them.
+    let ours = writer(env.pg.config("postgres", "postgres"), 0, 3, 1, 1, Duration::ZERO).await;
+    let outboxd = env.spawn_streaming();
+    assert_eq!(env.read(&env.topic, 3).await.len(), 3);
+    let current: pgoutput::Lsn = pg
+        .query_one("select pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get::<_, String>(0)
+        .parse()
+        .unwrap();
+    let mark = pgoutput::Lsn::new(current.as_u64() - 1);
+    wait_checkpoint_past(&env, mark).await;
+    outboxd.terminate();
+
+    // The second instance with the same checkpoint path: refused, naming both.
+    let vars: Vec<(&str, &str)> = second.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut other = env.spawn_with_env(&vars);
+    let status = other.wait(Duration::from_secs(30));
+    let log = other.log();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("slot \"outboxd\" in database \"postgres\"")
+            && log.contains("slot \"outboxd_second\" in database \"second\""),
+        "{log}"
+    );
+
+    // With its own checkpoint it sends its own events.
+    let own = env.dir.path().join("second.checkpoint");
+    let mut vars = vars;
+    vars.push(("OUTBOXD_CHECKPOINT_PATH", own.to_str().unwrap()));
+    let other = env.spawn_with_env(&vars);
+    let mut read: Vec<String> = env
+        .read(&env.topic, 6)
+        .await
+        .iter()
+        .map(|r| r.header("id").unwrap().to_owned())
+        .collect();
+    read.sort();
+    theirs.extend(ours);
+    theirs.sort();
+    assert_eq!(read, theirs);
+    other.terminate();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_reports_wal_level_and_missing_replication_with_fixes() {
     let env = Env::start("");

@@ -281,6 +281,29 @@ impl Error {
     }
 }
 
+/// A `bytea` column's text form that is not valid hex or escape format.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidBytea {
+    /// `\x` followed by an odd number of digits.
+    #[error("bytea hex text has an odd number of digits ({0})")]
+    OddHexLength(usize),
+    /// A character that is not a hex digit.
+    #[error("bytea hex text has {byte:#04x} at offset {at}, not a hex digit")]
+    NotHex {
+        /// Offset in the text.
+        at: usize,
+        /// The byte found.
+        byte: u8,
+    },
+    /// A backslash not followed by a backslash or three octal digits.
+    #[error("bytea escape text has an invalid escape at offset {at}")]
+    BadEscape {
+        /// Offset of the backslash.
+        at: usize,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use pgoutput::{Lsn, PgTimestamp, Relation, TupleData, Xid};
+use pgoutput::{ColumnValue, Lsn, PgTimestamp, Relation, TupleData, Xid};
+
+use crate::bytea::{decode_bytea_text, BYTEA_OID};
+use crate::error::InvalidBytea;
 
 /// One step of a committed transaction, in commit order.
 ///
@@ -56,6 +59,33 @@ impl OutboxInsert {
         let at = self.relation.columns.iter().position(|c| c.name == name)?;
         self.row.columns.get(at)
     }
+
+    /// The value of the named column as the application stored it (`None` if
+    /// the relation has no such column): text as sent, a `bytea` decoded from
+    /// its text form, a value in binary format as is.
+    pub fn stored(&self, name: &str) -> Option<Result<StoredValue, InvalidBytea>> {
+        let at = self.relation.columns.iter().position(|c| c.name == name)?;
+        let value = self.row.columns.get(at)?;
+        let bytea = self.relation.columns[at].type_id == BYTEA_OID;
+        Some(match value {
+            ColumnValue::Null => Ok(StoredValue::Null),
+            ColumnValue::UnchangedToast => Ok(StoredValue::Unchanged),
+            ColumnValue::Text(text) if bytea => decode_bytea_text(text).map(StoredValue::Bytes),
+            ColumnValue::Text(bytes) | ColumnValue::Binary(bytes) => Ok(StoredValue::Bytes(bytes.clone())),
+        })
+    }
+}
+
+/// A column's value as stored, see [`OutboxInsert::stored`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredValue {
+    /// SQL NULL.
+    Null,
+    /// The value's bytes.
+    Bytes(Bytes),
+    /// An unchanged TOASTed value that was not sent (updates only; an insert
+    /// carries every value).
+    Unchanged,
 }
 
 /// A transactional logical message with the outbox prefix.

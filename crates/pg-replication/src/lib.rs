@@ -16,6 +16,7 @@
 
 mod assembler;
 mod auth;
+mod bytea;
 pub mod catalog;
 mod config;
 mod connection;
@@ -28,11 +29,13 @@ mod tls;
 mod wire;
 
 pub use assembler::StreamError;
+pub use bytea::{decode_bytea_text, BYTEA_OID};
 pub use config::{ReplicationConfig, SslMode};
 pub use connection::{publication_names, CopyBoth, ReplicationConnection, SimpleRow, SystemIdentity};
-pub use error::{Error, ServerError};
+pub use error::{Error, InvalidBytea, ServerError};
 pub use event::{
-    OutboxInsert, OutboxMessage, OutboxTable, ReplicationEvent, TransactionBegin, TransactionCommit,
+    OutboxInsert, OutboxMessage, OutboxTable, ReplicationEvent, StoredValue, TransactionBegin,
+    TransactionCommit,
 };
 pub use progress::AckHandle;
 pub use stream::{ReplicationError, ReplicationStream, StreamConfig, StreamStats, PROTOCOL_VERSION};

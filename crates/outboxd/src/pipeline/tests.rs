@@ -660,3 +660,34 @@ async fn a_lost_lease_stops_at_once_and_confirms_nothing_more() {
     assert!(matches!(err, PipelineError::LeaseLost(_)), "{err:?}");
     assert_eq!(*h.acks.lock().unwrap(), [lsn(100), lsn(210)]);
 }
+
+#[test]
+fn a_bytea_payload_is_its_bytes_and_malformed_hex_is_this_rows_fault() {
+    let options = options(PermanentErrorPolicy::Stop);
+    let mut table = relation(&["id", "aggregatetype", "aggregateid", "type", "payload"]);
+    Arc::make_mut(&mut table).columns[4].type_id = pg_replication::BYTEA_OID;
+    let row = |payload: &str| {
+        insert(
+            &table,
+            200,
+            0,
+            &[Some("b1"), Some("order"), Some("k"), Some("T"), Some(payload)],
+        )
+    };
+    let record = |payload: &str| {
+        to_record(&options.mapping, &options.routing, &row(payload))
+            .unwrap()
+            .1
+    };
+    assert_eq!(
+        record("\\x00ff80").unwrap().value.as_deref(),
+        Some(&[0x00, 0xff, 0x80][..])
+    );
+    let err = record("\\x0").unwrap_err();
+    assert!(!err.every_row, "{err:?}");
+    assert!(
+        err.error.contains("payload") && err.error.contains("odd number"),
+        "{err:?}"
+    );
+    assert_eq!(err.id, "b1");
+}
