@@ -4,10 +4,12 @@
 //! turns each into an [`OutboxEvent`] by a [`ColumnMapping`], routes it to a
 //! [`Record`] (topic, key, value, headers) by [`Routing`], and tracks which
 //! positions are safe to acknowledge ([`AckTracker`]). It knows nothing of
-//! Kafka or Postgres I/O: sinks implement [`Sink`].
+//! Kafka or Postgres I/O: sinks implement [`Sink`]. [`redact`] is the one
+//! place that decides which configured values may be shown.
 
 mod ack;
 mod event;
+pub mod redact;
 mod routing;
 mod sink;
 

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use outbox_core::redact::{redact, redact_property};
 use outbox_core::{ColumnMapping, Routing, TopicRule};
 use pg_replication::{OutboxTable, ReplicationConfig, StreamConfig};
 use serde::Deserialize;
@@ -143,7 +144,7 @@ pub struct PostgresConfig {
 impl std::fmt::Debug for PostgresConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresConfig")
-            .field("url", &redact_url(&self.url))
+            .field("url", &redact(&self.url))
             .field("password_file", &self.password_file)
             .field("slot", &self.slot)
             .field("publication", &self.publication)
@@ -152,33 +153,6 @@ impl std::fmt::Debug for PostgresConfig {
             .field("status_interval_ms", &self.status_interval_ms)
             .finish()
     }
-}
-
-/// The connection string with any password replaced (URL userinfo or a
-/// `password=` key/value).
-pub fn redact_url(url: &str) -> String {
-    if let Some(rest) = url
-        .strip_prefix("postgres://")
-        .or_else(|| url.strip_prefix("postgresql://"))
-    {
-        let scheme = &url[..url.len() - rest.len()];
-        if let Some((userinfo, host)) = rest.split_once('@') {
-            if let Some((user, _)) = userinfo.split_once(':') {
-                return format!("{scheme}{user}:<redacted>@{host}");
-            }
-        }
-        return url.to_owned();
-    }
-    url.split_whitespace()
-        .map(|kv| {
-            if kv.starts_with("password=") {
-                "password=<redacted>"
-            } else {
-                kv
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 impl Default for PostgresConfig {
@@ -262,7 +236,7 @@ pub enum PermanentErrorPolicy {
 }
 
 /// `[kafka]`
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaSection {
     /// Bootstrap servers (shorthand for `properties."bootstrap.servers"`).
@@ -276,6 +250,23 @@ pub struct KafkaSection {
     /// librdkafka properties passed through (TLS, SASL, compression, linger,
     /// batch size, queue limits, …); unsafe overrides are refused.
     pub properties: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: BTreeMap<&str, String> = self
+            .properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), redact_property(k, v)))
+            .collect();
+        f.debug_struct("KafkaSection")
+            .field("brokers", &self.brokers.as_deref().map(redact))
+            .field("on_permanent_error", &self.on_permanent_error)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("drain_timeout_ms", &self.drain_timeout_ms)
+            .field("properties", &properties)
+            .finish()
+    }
 }
 
 impl Default for KafkaSection {
@@ -372,7 +363,8 @@ impl Config {
 
     /// Parses TOML (unknown keys are errors).
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
-        Ok(toml::from_str(text)?)
+        toml::from_str(text)
+            .map_err(|err| anyhow::anyhow!(crate::config_checks::describe_toml_error(text, &err)))
     }
 
     fn apply_env(&mut self, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<()> {
@@ -519,7 +511,14 @@ impl Config {
         {
             bail!("kafka.on_permanent_error = \"dead-letter\" needs kafka.dead_letter_topic");
         }
-        Ok(())
+        crate::config_checks::refuse_unworkable(self)
+    }
+
+    /// Warnings about settings that work but expose something: secret files
+    /// other users can read (`file` is the config file read), topics the
+    /// broker may create from row data.
+    pub fn warnings(&self, file: Option<&Path>) -> Vec<String> {
+        crate::config_checks::warnings(self, file)
     }
 }
 
@@ -550,7 +549,6 @@ mod tests {
         assert!(!format!("{config:?}").contains("hunter2"));
         config.postgres.url = "host=db user=u password=hunter2 dbname=app".into();
         assert!(!format!("{config:?}").contains("hunter2"));
-        assert_eq!(redact_url("postgres://u@db/app"), "postgres://u@db/app");
     }
 
     #[test]

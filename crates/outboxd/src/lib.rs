@@ -11,6 +11,7 @@ pub mod admin;
 pub mod check;
 pub mod checkpoint;
 pub mod config;
+mod config_checks;
 pub mod demo;
 pub mod maintenance;
 pub mod metrics;

@@ -280,7 +280,7 @@ impl FromStr for ReplicationConfig {
         }
         let mut pg: tokio_postgres::Config = rest
             .parse()
-            .map_err(|e| Error::Config(format!("{e} (in {:?})", redact(s))))?;
+            .map_err(|e| Error::Config(format!("{e} (in {:?})", outbox_core::redact::redact(s))))?;
         if pg.get_application_name().is_none() {
             pg.application_name(DEFAULT_APPLICATION_NAME);
         }
@@ -323,22 +323,6 @@ impl FromStr for ReplicationConfig {
             ssl_mode,
             ssl_root_cert,
         })
-    }
-}
-
-/// The connection string with any password replaced, for error messages.
-fn redact(s: &str) -> String {
-    if let Some((scheme, rest)) = s.split_once("://") {
-        if let Some((userinfo, host)) = rest.split_once('@') {
-            if let Some((user, _)) = userinfo.split_once(':') {
-                return format!("{scheme}://{user}:<redacted>@{host}");
-            }
-        }
-        return s.to_owned();
-    }
-    match s.find("password") {
-        Some(at) => format!("{}password=<redacted> …", &s[..at]),
-        None => s.to_owned(),
     }
 }
 
