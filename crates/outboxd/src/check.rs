@@ -318,6 +318,52 @@ async fn postgres_checks(config: &Config, client: &Client, findings: &mut Vec<Fi
             "check privileges on pg_replication_slots",
         )),
     }
+    if let Some(prefix) = &config.postgres.message_prefix {
+        findings.push(emit_message_check(client, prefix).await);
+    }
+}
+
+/// With `message_prefix` set, whoever can call `pg_logical_emit_message`
+/// publishes records under outboxd's identity; PostgreSQL grants it to
+/// PUBLIC by default.
+async fn emit_message_check(client: &Client, prefix: &str) -> Finding {
+    let what = "table-less outbox";
+    let rows = match client
+        .query(
+            "select p.oid::regprocedure::text, has_function_privilege('public', p.oid, 'execute')
+               from pg_proc p
+              where p.proname = 'pg_logical_emit_message' and p.pronamespace = 'pg_catalog'::regnamespace
+              order by 1",
+            &[],
+        )
+        .await
+    {
+        Ok(rows) => rows,
+        Err(err) => return fail(what, err.to_string(), "check privileges on pg_catalog"),
+    };
+    let open: Vec<String> = rows
+        .iter()
+        .filter(|r| r.get::<_, bool>(1))
+        .map(|r| format!("pg_catalog.{}", r.get::<_, String>(0)))
+        .collect();
+    if open.is_empty() {
+        return ok(
+            what,
+            format!("only roles granted EXECUTE on pg_logical_emit_message can emit {prefix:?} messages"),
+        );
+    }
+    fail(
+        what,
+        format!(
+            "every role (PUBLIC) may execute pg_logical_emit_message, so anyone who can connect can publish \
+             records with message_prefix {prefix:?} under outboxd's identity"
+        ),
+        format!(
+            "REVOKE EXECUTE ON FUNCTION {} FROM PUBLIC; then GRANT EXECUTE on it to the roles that write \
+             events (sql/05_tableless_outbox.sql)",
+            open.join(", ")
+        ),
+    )
 }
 
 async fn kafka_checks(config: &Config, findings: &mut Vec<Finding>) {
@@ -513,21 +559,23 @@ pub async fn status(config: &Config) -> anyhow::Result<Vec<(String, String)>> {
     Ok(lines)
 }
 
-/// The newest outbox row by creation time (delivered or not), if the table
-/// has the default columns.
+/// The newest outbox row by creation time (`cleanup.created_at_column`;
+/// delivered or not). Any column may be NULL in a custom table.
 async fn newest_row(config: &Config, client: &Client) -> Option<String> {
     let table = config.tables().ok()?.into_iter().next()?;
+    let created = crate::setup::ident(&config.cleanup.created_at_column);
     let sql = format!(
-        "select {id}::text, {agg}::text, created_at::text from {t} order by created_at desc limit 1",
+        "select {id}::text, {agg}::text, {created}::text from {t} order by {created} desc nulls last limit 1",
         id = crate::setup::ident(&config.outbox.id),
         agg = crate::setup::ident(&config.outbox.aggregate_id),
         t = crate::setup::qualified(&table)
     );
     let row = client.query_opt(&sql, &[]).await.ok()??;
+    let text = |i: usize| row.get::<_, Option<String>>(i).unwrap_or_else(|| "NULL".into());
     Some(format!(
         "id {} (aggregate {}, created {})",
-        row.get::<_, String>(0),
-        row.get::<_, String>(1),
-        row.get::<_, String>(2)
+        text(0),
+        text(1),
+        text(2)
     ))
 }
