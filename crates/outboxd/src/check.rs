@@ -134,6 +134,7 @@ async fn postgres_checks(config: &Config, client: &Client, findings: &mut Vec<Fi
             return;
         }
     };
+    findings.push(tls_finding(config, client).await);
     let (version_num, version): (i32, String) = (row.get(0), row.get(1));
     if version_num >= 140000 {
         findings.push(ok("server version", version));
@@ -323,6 +324,59 @@ async fn postgres_checks(config: &Config, client: &Client, findings: &mut Vec<Fi
     }
 }
 
+/// Whether this connection is encrypted, as the server sees it, and what
+/// `sslmode` verifies: (is it fine, what to show).
+async fn tls_state(config: &Config, client: &Client) -> anyhow::Result<(bool, String)> {
+    let row = client
+        .query_one(
+            "select s.ssl, s.version, inet_client_addr() is null
+               from pg_stat_ssl s where s.pid = pg_backend_pid()",
+            &[],
+        )
+        .await?;
+    let (ssl, version, socket): (bool, Option<String>, bool) = (row.get(0), row.get(1), row.get(2));
+    let mode = config.replication()?.ssl_mode();
+    Ok(match (ssl, socket) {
+        (true, _) if mode == pg_replication::SslMode::VerifyFull => (
+            true,
+            format!("TLS ({}), server certificate and name verified (sslmode=verify-full)", version.unwrap_or_default()),
+        ),
+        (true, _) => (
+            false,
+            format!(
+                "TLS ({}), but sslmode={} does not verify the server's name: a man in the middle can pose as the server",
+                version.unwrap_or_default(),
+                mode.as_str()
+            ),
+        ),
+        (false, true) => (true, "Unix socket (local, no TLS needed)".to_owned()),
+        (false, false) => (
+            false,
+            format!(
+                "not encrypted (sslmode={}{}): the password and every event cross the network in clear",
+                mode.as_str(),
+                if mode == pg_replication::SslMode::Prefer {
+                    ", the server declined TLS"
+                } else {
+                    ""
+                }
+            ),
+        ),
+    })
+}
+
+async fn tls_finding(config: &Config, client: &Client) -> Finding {
+    match tls_state(config, client).await {
+        Ok((true, detail)) => ok("tls", detail),
+        Ok((false, detail)) => warn(
+            "tls",
+            detail,
+            "enable ssl on the server and use sslmode=verify-full with sslrootcert=<the server's CA>",
+        ),
+        Err(err) => warn("tls", format!("{err:#}"), "check privileges on pg_stat_ssl"),
+    }
+}
+
 /// With `message_prefix` set, whoever can call `pg_logical_emit_message`
 /// publishes records under outboxd's identity; PostgreSQL grants it to
 /// PUBLIC by default.
@@ -473,6 +527,9 @@ pub async fn status(config: &Config) -> anyhow::Result<Vec<(String, String)>> {
         .get::<_, String>(0)
         .parse()?;
     lines.push(("current WAL".to_owned(), current.to_string()));
+    if let Ok((_, tls)) = tls_state(config, &client).await {
+        lines.push(("connection".to_owned(), tls));
+    }
     let slot = catalog::read_slot(&client, &config.postgres.slot)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -139,6 +139,9 @@ pub struct PostgresConfig {
     /// Status update interval in milliseconds (capped at half the server's
     /// `wal_sender_timeout`).
     pub status_interval_ms: u64,
+    /// Send the password when the server asks for it in clear text over a
+    /// TCP connection without TLS (refused by default).
+    pub allow_cleartext_password: bool,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -151,6 +154,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("tables", &self.tables)
             .field("message_prefix", &self.message_prefix)
             .field("status_interval_ms", &self.status_interval_ms)
+            .field("allow_cleartext_password", &self.allow_cleartext_password)
             .finish()
     }
 }
@@ -165,6 +169,7 @@ impl Default for PostgresConfig {
             tables: vec!["public.outbox".into()],
             message_prefix: None,
             status_interval_ms: 1000,
+            allow_cleartext_password: false,
         }
     }
 }
@@ -429,6 +434,7 @@ impl Config {
                 .with_context(|| format!("cannot read postgres.password_file {}", path.display()))?;
             connection.set_password(password.trim_end_matches(['\n', '\r']));
         }
+        connection.allow_cleartext_password(self.postgres.allow_cleartext_password);
         Ok(connection)
     }
 
@@ -565,6 +571,14 @@ mod tests {
             .unwrap();
         config.validate().unwrap();
         assert_eq!(config.admin.listen, "0.0.0.0:9187");
+    }
+
+    #[test]
+    fn cleartext_passwords_over_plaintext_are_refused_unless_allowed() {
+        let config = Config::default();
+        assert!(!config.replication().unwrap().cleartext_password_allowed());
+        let config = Config::from_toml("[postgres]\nallow_cleartext_password = true\n").unwrap();
+        assert!(config.replication().unwrap().cleartext_password_allowed());
     }
 
     #[test]

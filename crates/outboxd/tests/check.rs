@@ -132,3 +132,27 @@ async fn status_survives_nulls_in_a_custom_table_and_uses_the_created_at_column(
         "{newest}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_and_status_show_that_the_connection_fell_back_to_plaintext() {
+    // The test clusters have no TLS: sslmode=prefer falls back to plaintext.
+    let env = Env::start("");
+    let (ok, text) = output_of(env.command(&["check"]));
+    assert!(ok, "a warning does not fail the check: {text}");
+    assert!(
+        text.contains("warn  tls: not encrypted (sslmode=prefer, the server declined TLS)"),
+        "{text}"
+    );
+    assert!(text.contains("fix: enable ssl on the server"), "{text}");
+    assert!(
+        text.contains("the server declined TLS: this connection is not encrypted"),
+        "the fallback is logged at warn: {text}"
+    );
+    let (ok, text) = output_of(env.command(&["status"]));
+    assert!(ok, "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("connection") && l.contains("not encrypted (sslmode=prefer")),
+        "{text}"
+    );
+}
