@@ -142,22 +142,29 @@ pub(crate) fn warnings(config: &Config, config_file: Option<&Path>) -> Vec<Strin
             }
         }
     }
+    if rows_may_create_topics(config) {
+        warnings.push(format!("{ROWS_CREATE_TOPICS}. {ROWS_CREATE_TOPICS_FIX}"));
+    }
+    warnings
+}
+
+/// What [`rows_may_create_topics`] means, and its fix.
+pub(crate) const ROWS_CREATE_TOPICS: &str =
+    "topics are named from row data and the producer lets the broker \
+     create missing topics: a bad row creates a topic (with the broker's default partitions)";
+pub(crate) const ROWS_CREATE_TOPICS_FIX: &str = "create the topics beforehand and set \
+     kafka.properties.\"allow.auto.create.topics\" = \"false\" (or auto.create.topics.enable=false on the broker)";
+
+/// Topics come from row data (a template or a column) and librdkafka's
+/// producer may ask the broker to create them (its default).
+pub(crate) fn rows_may_create_topics(config: &Config) -> bool {
     let topic_from_rows = config.routing.topic_column.is_some() || config.routing.topic.contains("${");
     let auto_create = config
         .kafka
         .properties
         .get("allow.auto.create.topics")
         .map_or(true, |v| v.trim() != "false");
-    if topic_from_rows && auto_create {
-        warnings.push(
-            "topics are named from row data and the producer lets the broker create missing topics: a bad row \
-             creates a topic (with the broker's default partitions). Create the topics beforehand and set \
-             kafka.properties.\"allow.auto.create.topics\" = \"false\" (or auto.create.topics.enable=false on \
-             the broker)"
-                .to_owned(),
-        );
-    }
-    warnings
+    topic_from_rows && auto_create
 }
 
 /// The permission bits when the group or others have any access.

@@ -144,6 +144,11 @@ async fn check_and_status_show_that_the_connection_fell_back_to_plaintext() {
         "{text}"
     );
     assert!(text.contains("fix: enable ssl on the server"), "{text}");
+    // The test's topic template names topics from rows, and nothing stops auto-creation.
+    assert!(
+        text.contains("warn  topic creation: topics are named from row data"),
+        "{text}"
+    );
     assert!(
         text.contains("the server declined TLS: this connection is not encrypted"),
         "the fallback is logged at warn: {text}"
