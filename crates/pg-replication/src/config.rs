@@ -191,6 +191,7 @@ impl ReplicationConfig {
         match pg.connect_raw(stream, tokio_postgres::NoTls).await {
             Ok((client, connection)) => {
                 tokio::spawn(connection);
+                self.check_session_attrs(&client, &user, &name).await?;
                 Ok(client)
             }
             Err(_) if refused.load(std::sync::atomic::Ordering::SeqCst) => {
@@ -198,6 +199,40 @@ impl ReplicationConfig {
             }
             Err(e) => Err(Error::from_tokio_postgres(&e, &user, &name, self.ssl_mode)),
         }
+    }
+
+    /// `target_session_attrs` as `tokio-postgres` applies it (its own
+    /// connect does this; `connect_raw` does not): a server of the wrong
+    /// kind is a transient failure, so the next host is tried.
+    async fn check_session_attrs(
+        &self,
+        client: &tokio_postgres::Client,
+        user: &str,
+        target: &str,
+    ) -> Result<(), Error> {
+        use tokio_postgres::config::TargetSessionAttrs;
+        let want_read_only = match self.pg.get_target_session_attrs() {
+            TargetSessionAttrs::ReadWrite => false,
+            TargetSessionAttrs::ReadOnly => true,
+            _ => return Ok(()),
+        };
+        let read_only = client
+            .query_one("show transaction_read_only", &[])
+            .await
+            .map_err(|e| Error::from_tokio_postgres(&e, user, target, self.ssl_mode))?
+            .get::<_, String>(0)
+            == "on";
+        if read_only == want_read_only {
+            return Ok(());
+        }
+        Err(Error::Io {
+            target: target.to_owned(),
+            source: std::io::Error::other(format!(
+                "the server is {} (target_session_attrs asks for {})",
+                if read_only { "read-only" } else { "read-write" },
+                if want_read_only { "read-only" } else { "read-write" }
+            )),
+        })
     }
 
     /// Allows sending the password in clear text over a TCP connection

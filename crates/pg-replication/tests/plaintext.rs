@@ -64,3 +64,18 @@ async fn cleartext_password_over_a_plaintext_fallback_is_refused_unless_allowed(
     ReplicationConnection::connect(&config).await.unwrap();
     config.connect_catalog().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_catalog_connection_still_honours_target_session_attrs() {
+    // The catalog connection opens its own socket now; tokio-postgres's
+    // connect used to apply target_session_attrs, so it must still hold.
+    let cluster = PgCluster::start().unwrap();
+    let primary = tcp(&cluster, "user=postgres target_session_attrs=read-write");
+    primary.connect_catalog().await.unwrap();
+    let err = tcp(&cluster, "user=postgres target_session_attrs=read-only")
+        .connect_catalog()
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert!(err.to_string().contains("read-write"), "{err}");
+}
