@@ -159,6 +159,10 @@ impl std::fmt::Debug for PostgresConfig {
     }
 }
 
+/// The connection string (any URL) as it may be shown: the one redaction
+/// function, [`outbox_core::redact::redact`], under the name callers used.
+pub use outbox_core::redact::redact as redact_url;
+
 impl Default for PostgresConfig {
     fn default() -> Self {
         PostgresConfig {

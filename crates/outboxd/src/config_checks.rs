@@ -196,7 +196,14 @@ pub(crate) fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
         .nth(line - 1)
         .and_then(|l| l.split_once('='))
         .map(|(key, _)| key.trim())
-        .filter(|key| !key.is_empty() && !key.starts_with('#'))
+        // Only what looks like a TOML key: the line may be the middle of a
+        // multi-line string holding a secret.
+        .filter(|key| {
+            !key.is_empty()
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.\"' ".contains(c))
+        })
         .map(|key| format!(" (key {key})"))
         .unwrap_or_default();
     format!("line {line}, column {column}{key}: {message}")

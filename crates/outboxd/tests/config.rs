@@ -74,6 +74,8 @@ fn toml_errors_do_not_echo_the_line_holding_a_secret() {
         format!("[postgres]\nurl = \"postgres://u:{SECRET}@db/app\" extra\n"),
         format!("[postgres]\nstatus_interval_ms = \"{SECRET}\"\n"),
         format!("[kafka]\non_permanent_error = \"{SECRET}\"\n"),
+        // An invalid escape on a line inside a multi-line string.
+        format!("[postgres]\nurl = \"\"\"\npostgres://u:{SECRET}@db/app?sslmode=require\\q\n\"\"\"\n"),
     ] {
         let run = outboxd_config(dir.path(), &file, 0o600, &[]);
         assert!(!run.ok, "{file}: {}", run.output);
