@@ -6,10 +6,12 @@
 //! positions are safe to acknowledge ([`AckTracker`]). It knows nothing of
 //! any broker or of Postgres I/O: sinks implement [`Sink`], whose contract
 //! (order in, one outcome per record, failures classified by the sink) is in
-//! the [`sink`] module notes.
+//! the [`sink`] module notes. [`redact`] is the one place that decides which
+//! configured values may be shown.
 
 mod ack;
 mod event;
+pub mod redact;
 mod retention;
 mod routing;
 pub mod sink;

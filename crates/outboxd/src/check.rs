@@ -131,6 +131,7 @@ async fn postgres_checks(config: &Config, client: &Client, findings: &mut Vec<Fi
             return;
         }
     };
+    findings.push(tls_finding(config, client).await);
     let (version_num, version): (i32, String) = (row.get(0), row.get(1));
     if version_num >= 140000 {
         findings.push(ok("server version", version));
@@ -315,6 +316,105 @@ async fn postgres_checks(config: &Config, client: &Client, findings: &mut Vec<Fi
             "check privileges on pg_replication_slots",
         )),
     }
+    if let Some(prefix) = &config.postgres.message_prefix {
+        findings.push(emit_message_check(client, prefix).await);
+    }
+}
+
+/// Whether this connection is encrypted, as the server sees it, and what
+/// `sslmode` verifies: (is it fine, what to show).
+async fn tls_state(config: &Config, client: &Client) -> anyhow::Result<(bool, String)> {
+    let row = client
+        .query_one(
+            "select s.ssl, s.version, inet_client_addr() is null
+               from pg_stat_ssl s where s.pid = pg_backend_pid()",
+            &[],
+        )
+        .await?;
+    let (ssl, version, socket): (bool, Option<String>, bool) = (row.get(0), row.get(1), row.get(2));
+    let mode = config.replication()?.ssl_mode();
+    Ok(match (ssl, socket) {
+        (true, _) if mode == pg_replication::SslMode::VerifyFull => (
+            true,
+            format!("TLS ({}), server certificate and name verified (sslmode=verify-full)", version.unwrap_or_default()),
+        ),
+        (true, _) => (
+            false,
+            format!(
+                "TLS ({}), but sslmode={} does not verify the server's name: a man in the middle can pose as the server",
+                version.unwrap_or_default(),
+                mode.as_str()
+            ),
+        ),
+        (false, true) => (true, "Unix socket (local, no TLS needed)".to_owned()),
+        (false, false) => (
+            false,
+            format!(
+                "not encrypted (sslmode={}{}): the password and every event cross the network in clear",
+                mode.as_str(),
+                if mode == pg_replication::SslMode::Prefer {
+                    ", the server declined TLS"
+                } else {
+                    ""
+                }
+            ),
+        ),
+    })
+}
+
+async fn tls_finding(config: &Config, client: &Client) -> Finding {
+    match tls_state(config, client).await {
+        Ok((true, detail)) => ok("tls", detail),
+        Ok((false, detail)) => warn(
+            "tls",
+            detail,
+            "enable ssl on the server and use sslmode=verify-full with sslrootcert=<the server's CA>",
+        ),
+        Err(err) => warn("tls", format!("{err:#}"), "check privileges on pg_stat_ssl"),
+    }
+}
+
+/// With `message_prefix` set, whoever can call `pg_logical_emit_message`
+/// publishes records under outboxd's identity; PostgreSQL grants it to
+/// PUBLIC by default.
+async fn emit_message_check(client: &Client, prefix: &str) -> Finding {
+    let what = "table-less outbox";
+    let rows = match client
+        .query(
+            "select p.oid::regprocedure::text, has_function_privilege('public', p.oid, 'execute')
+               from pg_proc p
+              where p.proname = 'pg_logical_emit_message' and p.pronamespace = 'pg_catalog'::regnamespace
+              order by 1",
+            &[],
+        )
+        .await
+    {
+        Ok(rows) => rows,
+        Err(err) => return fail(what, err.to_string(), "check privileges on pg_catalog"),
+    };
+    let open: Vec<String> = rows
+        .iter()
+        .filter(|r| r.get::<_, bool>(1))
+        .map(|r| format!("pg_catalog.{}", r.get::<_, String>(0)))
+        .collect();
+    if open.is_empty() {
+        return ok(
+            what,
+            format!("only roles granted EXECUTE on pg_logical_emit_message can emit {prefix:?} messages"),
+        );
+    }
+    fail(
+        what,
+        format!(
+            "every role (PUBLIC) may execute pg_logical_emit_message, so anyone who can connect can publish \
+             records with message_prefix {prefix:?} under outboxd's identity"
+        ),
+        format!(
+            "REVOKE EXECUTE ON FUNCTION {} FROM PUBLIC; then GRANT EXECUTE on it to the roles that write \
+             events (sql/05_tableless_outbox.sql)",
+            open.join(", ")
+        ),
+    )
 }
 
 fn human_bytes(bytes: i64) -> String {
@@ -344,6 +444,9 @@ pub async fn status(config: &Config) -> anyhow::Result<Vec<(String, String)>> {
         .get::<_, String>(0)
         .parse()?;
     lines.push(("current WAL".to_owned(), current.to_string()));
+    if let Ok((_, tls)) = tls_state(config, &client).await {
+        lines.push(("connection".to_owned(), tls));
+    }
     let slot = catalog::read_slot(&client, &config.postgres.slot)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -437,21 +540,23 @@ pub async fn status(config: &Config) -> anyhow::Result<Vec<(String, String)>> {
     Ok(lines)
 }
 
-/// The newest outbox row by creation time (delivered or not), if the table
-/// has the default columns.
+/// The newest outbox row by creation time (`cleanup.created_at_column`;
+/// delivered or not). Any column may be NULL in a custom table.
 async fn newest_row(config: &Config, client: &Client) -> Option<String> {
     let table = config.tables().ok()?.into_iter().next()?;
+    let created = crate::setup::ident(&config.cleanup.created_at_column);
     let sql = format!(
-        "select {id}::text, {agg}::text, created_at::text from {t} order by created_at desc limit 1",
+        "select {id}::text, {agg}::text, {created}::text from {t} order by {created} desc nulls last limit 1",
         id = crate::setup::ident(&config.outbox.id),
         agg = crate::setup::ident(&config.outbox.aggregate_id),
         t = crate::setup::qualified(&table)
     );
     let row = client.query_opt(&sql, &[]).await.ok()??;
+    let text = |i: usize| row.get::<_, Option<String>>(i).unwrap_or_else(|| "NULL".into());
     Some(format!(
         "id {} (aggregate {}, created {})",
-        row.get::<_, String>(0),
-        row.get::<_, String>(1),
-        row.get::<_, String>(2)
+        text(0),
+        text(1),
+        text(2)
     ))
 }

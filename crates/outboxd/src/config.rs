@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use outbox_core::redact::{redact, redact_property};
 use outbox_core::{ColumnMapping, Routing, TopicRule};
 use pg_replication::{OutboxTable, ReplicationConfig, StreamConfig};
 use serde::Deserialize;
@@ -142,48 +143,29 @@ pub struct PostgresConfig {
     /// Status update interval in milliseconds (capped at half the server's
     /// `wal_sender_timeout`).
     pub status_interval_ms: u64,
+    /// Send the password when the server asks for it in clear text over a
+    /// TCP connection without TLS (refused by default).
+    pub allow_cleartext_password: bool,
 }
 
 impl std::fmt::Debug for PostgresConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresConfig")
-            .field("url", &redact_url(&self.url))
+            .field("url", &redact(&self.url))
             .field("password_file", &self.password_file)
             .field("slot", &self.slot)
             .field("publication", &self.publication)
             .field("tables", &self.tables)
             .field("message_prefix", &self.message_prefix)
             .field("status_interval_ms", &self.status_interval_ms)
+            .field("allow_cleartext_password", &self.allow_cleartext_password)
             .finish()
     }
 }
 
-/// The connection string with any password replaced (URL userinfo or a
-/// `password=` key/value).
-pub fn redact_url(url: &str) -> String {
-    if let Some(rest) = url
-        .strip_prefix("postgres://")
-        .or_else(|| url.strip_prefix("postgresql://"))
-    {
-        let scheme = &url[..url.len() - rest.len()];
-        if let Some((userinfo, host)) = rest.split_once('@') {
-            if let Some((user, _)) = userinfo.split_once(':') {
-                return format!("{scheme}{user}:<redacted>@{host}");
-            }
-        }
-        return url.to_owned();
-    }
-    url.split_whitespace()
-        .map(|kv| {
-            if kv.starts_with("password=") {
-                "password=<redacted>"
-            } else {
-                kv
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+/// The connection string (any URL) as it may be shown: the one redaction
+/// function, [`outbox_core::redact::redact`], under the name callers used.
+pub use outbox_core::redact::redact as redact_url;
 
 impl Default for PostgresConfig {
     fn default() -> Self {
@@ -195,6 +177,7 @@ impl Default for PostgresConfig {
             tables: vec!["public.outbox".into()],
             message_prefix: None,
             status_interval_ms: 1000,
+            allow_cleartext_password: false,
         }
     }
 }
@@ -294,7 +277,7 @@ pub struct SinkSection {
 }
 
 /// `[kafka]`
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaSection {
     /// Bootstrap servers (shorthand for `properties."bootstrap.servers"`).
@@ -308,6 +291,23 @@ pub struct KafkaSection {
     /// librdkafka properties passed through (TLS, SASL, compression, linger,
     /// batch size, queue limits, …); unsafe overrides are refused.
     pub properties: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: BTreeMap<&str, String> = self
+            .properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), redact_property(k, v)))
+            .collect();
+        f.debug_struct("KafkaSection")
+            .field("brokers", &self.brokers.as_deref().map(redact))
+            .field("on_permanent_error", &self.on_permanent_error)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("drain_timeout_ms", &self.drain_timeout_ms)
+            .field("properties", &properties)
+            .finish()
+    }
 }
 
 impl Default for KafkaSection {
@@ -407,7 +407,8 @@ impl Config {
 
     /// Parses TOML (unknown keys are errors).
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
-        Ok(toml::from_str(text)?)
+        toml::from_str(text)
+            .map_err(|err| anyhow::anyhow!(crate::config_checks::describe_toml_error(text, &err)))
     }
 
     fn apply_env(&mut self, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<()> {
@@ -478,6 +479,7 @@ impl Config {
                 .with_context(|| format!("cannot read postgres.password_file {}", path.display()))?;
             connection.set_password(password.trim_end_matches(['\n', '\r']));
         }
+        connection.allow_cleartext_password(self.postgres.allow_cleartext_password);
         Ok(connection)
     }
 
@@ -599,7 +601,14 @@ impl Config {
                 );
             }
         }
-        Ok(())
+        crate::config_checks::refuse_unworkable(self)
+    }
+
+    /// Warnings about settings that work but expose something: secret files
+    /// other users can read (`file` is the config file read), topics the
+    /// broker may create from row data.
+    pub fn warnings(&self, file: Option<&Path>) -> Vec<String> {
+        crate::config_checks::warnings(self, file)
     }
 }
 
@@ -630,7 +639,6 @@ mod tests {
         assert!(!format!("{config:?}").contains("hunter2"));
         config.postgres.url = "host=db user=u password=hunter2 dbname=app".into();
         assert!(!format!("{config:?}").contains("hunter2"));
-        assert_eq!(redact_url("postgres://u@db/app"), "postgres://u@db/app");
     }
 
     #[test]
@@ -647,6 +655,14 @@ mod tests {
             .unwrap();
         config.validate().unwrap();
         assert_eq!(config.admin.listen, "0.0.0.0:9187");
+    }
+
+    #[test]
+    fn cleartext_passwords_over_plaintext_are_refused_unless_allowed() {
+        let config = Config::default();
+        assert!(!config.replication().unwrap().cleartext_password_allowed());
+        let config = Config::from_toml("[postgres]\nallow_cleartext_password = true\n").unwrap();
+        assert!(config.replication().unwrap().cleartext_password_allowed());
     }
 
     #[test]

@@ -59,7 +59,9 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<()> {
 
     let state_dir = tempfile_dir()?;
     let mut config = Config::default();
-    config.postgres.url = cluster.url("postgres", "postgres");
+    // A throwaway local cluster without TLS: say so, rather than be warned
+    // that `prefer` fell back to plaintext.
+    config.postgres.url = format!("{}?sslmode=disable", cluster.url("postgres", "postgres"));
     config.postgres.status_interval_ms = 500;
     broker.configure(&mut config);
     config.checkpoint.path = state_dir.join("checkpoint");

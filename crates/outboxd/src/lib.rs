@@ -13,6 +13,7 @@ pub mod check;
 pub mod checkpoint;
 pub mod checkpoint_writer;
 pub mod config;
+mod config_checks;
 pub mod demo;
 pub mod lease;
 pub mod maintenance;

@@ -142,6 +142,9 @@ fn main() -> ExitCode {
         init_logging(&quiet);
     } else {
         init_logging(&config);
+        for warning in config.warnings(cli.config.as_deref()) {
+            tracing::warn!("{warning}");
+        }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

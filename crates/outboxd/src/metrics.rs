@@ -9,6 +9,7 @@
 //! report of its records (this process's system clock). On one machine the
 //! clocks are the same; across machines the figure includes their skew.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -32,6 +33,13 @@ struct ClassLabel {
     class: String,
 }
 
+/// Distinct `topic` label values at most: topics come from row data, and
+/// each value is a time series kept for the life of the process. Records
+/// for further topics are counted under [`OTHER_TOPICS`].
+pub const MAX_TOPIC_LABELS: usize = 100;
+/// The `topic` label of records past [`MAX_TOPIC_LABELS`].
+pub const OTHER_TOPICS: &str = "other";
+
 /// All metrics and health signals of one process.
 pub struct Metrics {
     registry: Registry,
@@ -52,6 +60,7 @@ pub struct Metrics {
     standby: Mutex<Option<String>>,
     /// Reconnects of the attached stream already counted.
     stream_reconnects: AtomicU64,
+    topics: Mutex<HashSet<String>>,
     // Health.
     last_delivery_ms: AtomicU64,
     stalled_since_ms: AtomicU64,
@@ -178,6 +187,7 @@ impl Metrics {
             takeovers,
             standby: Mutex::new(None),
             stream_reconnects: AtomicU64::new(0),
+            topics: Mutex::new(HashSet::new()),
             last_delivery_ms: AtomicU64::new(now_ms()),
             stalled_since_ms: AtomicU64::new(0),
             stream: Mutex::new(None),
@@ -208,11 +218,29 @@ impl Metrics {
 
     pub(crate) fn sent(&self, topic: &str, bytes: usize) {
         let label = TopicLabel {
-            topic: topic.to_owned(),
+            topic: self.topic_label(topic),
         };
         self.events.get_or_create(&label).inc();
         self.bytes.get_or_create(&label).inc_by(bytes as u64);
         self.in_flight.inc();
+    }
+
+    fn topic_label(&self, topic: &str) -> String {
+        let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+        if topics.contains(topic) {
+            return topic.to_owned();
+        }
+        if topics.len() < MAX_TOPIC_LABELS {
+            topics.insert(topic.to_owned());
+            return topic.to_owned();
+        }
+        if topics.insert(OTHER_TOPICS.to_owned()) {
+            tracing::warn!(
+                limit = MAX_TOPIC_LABELS,
+                "records go to more topics than metrics label; the others are counted as topic=\"other\""
+            );
+        }
+        OTHER_TOPICS.to_owned()
     }
 
     pub(crate) fn delivered(&self) {
@@ -345,5 +373,37 @@ impl Metrics {
         } else {
             Err(problems.join("; "))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_labels_from_row_data_are_capped_and_the_rest_counted_as_other() {
+        let metrics = Metrics::new();
+        for i in 0..MAX_TOPIC_LABELS + 50 {
+            metrics.sent(&format!("topic-{i}"), 10);
+        }
+        metrics.sent("topic-0", 10);
+        let text = metrics.render();
+        let events: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("outboxd_events_total{"))
+            .collect();
+        assert_eq!(events.len(), MAX_TOPIC_LABELS + 1, "{text}");
+        assert!(
+            events.contains(&"outboxd_events_total{topic=\"other\"} 50"),
+            "{text}"
+        );
+        assert!(
+            events.contains(&"outboxd_events_total{topic=\"topic-0\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("outboxd_event_bytes_total{topic=\"other\"} 500"),
+            "{text}"
+        );
     }
 }

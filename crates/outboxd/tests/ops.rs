@@ -493,7 +493,8 @@ async fn heartbeat_keeps_an_idle_outbox_from_pinning_wal_in_a_busy_database() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let current = lsn("select pg_current_wal_lsn()::text").await;
         let confirmed = env.confirmed().await;
-        worst_lag = worst_lag.max(current.as_u64() - confirmed.as_u64());
+        // The slot may pass `current` between the two reads (a heartbeat in between).
+        worst_lag = worst_lag.max(current.as_u64().saturating_sub(confirmed.as_u64()));
     }
     let written = lsn("select pg_current_wal_lsn()::text").await.as_u64() - start.as_u64();
     eprintln!(

@@ -43,7 +43,13 @@ fn encode_error(e: std::io::Error) -> Error {
 }
 
 /// Sends the StartupMessage and authenticates; returns at ReadyForQuery.
-pub(crate) async fn startup(wire: &mut Wire, config: &ReplicationConfig) -> Result<Session, Error> {
+/// `cleartext_ok`: the `password` method may be answered (TLS, a Unix socket,
+/// or the operator allowed it; see [`crate::plaintext`]).
+pub(crate) async fn startup(
+    wire: &mut Wire,
+    config: &ReplicationConfig,
+    cleartext_ok: bool,
+) -> Result<Session, Error> {
     let user = config.user()?.to_owned();
     let dbname = config.dbname()?.to_owned();
     let application = config
@@ -99,6 +105,12 @@ pub(crate) async fn startup(wire: &mut Wire, config: &ReplicationConfig) -> Resu
                 }
             }
             Message::AuthenticationCleartextPassword => {
+                if !cleartext_ok {
+                    return Err(Error::CleartextPasswordRefused {
+                        user: user.clone(),
+                        target: wire.target().to_owned(),
+                    });
+                }
                 frontend::password_message(password()?, &mut buf).map_err(encode_error)?;
             }
             Message::AuthenticationMd5Password(body) => {

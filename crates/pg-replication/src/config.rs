@@ -43,7 +43,8 @@ pub enum SslMode {
 }
 
 impl SslMode {
-    pub(crate) fn as_str(self) -> &'static str {
+    /// The mode as written in a connection string.
+    pub fn as_str(self) -> &'static str {
         match self {
             SslMode::Disable => "disable",
             SslMode::Prefer => "prefer",
@@ -91,6 +92,7 @@ pub struct ReplicationConfig {
     pub(crate) pg: tokio_postgres::Config,
     pub(crate) ssl_mode: SslMode,
     pub(crate) ssl_root_cert: Option<PathBuf>,
+    pub(crate) allow_cleartext_password: bool,
 }
 
 impl ReplicationConfig {
@@ -156,38 +158,93 @@ impl ReplicationConfig {
 
     /// A normal (non-replication) connection with the same settings and TLS
     /// rules, for catalog queries; its connection task is spawned on the
-    /// current runtime. Errors are classified like the replication connection's.
+    /// current runtime. The socket and TLS are set up as for the replication
+    /// connection (same hosts, timeouts, warnings and cleartext-password
+    /// rule); `tokio-postgres` then authenticates over it. Errors are
+    /// classified like the replication connection's.
     pub async fn connect_catalog(&self) -> Result<tokio_postgres::Client, Error> {
+        let tls = crate::tls::client_config(self)?;
+        crate::connection::for_each_target(self, |target| self.connect_catalog_to(target, tls.clone())).await
+    }
+
+    async fn connect_catalog_to(
+        &self,
+        target: Target,
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    ) -> Result<tokio_postgres::Client, Error> {
         let user = self.user()?.to_owned();
-        let target = self
-            .targets()
-            .iter()
-            .map(Target::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        let map = |e: tokio_postgres::Error| Error::from_tokio_postgres(&e, &user, &target, self.ssl_mode);
+        let name = target.to_string();
+        let (stream, is_tls) = crate::connection::open_stream(self, &target, tls.as_ref()).await?;
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let guard_cleartext =
+            !is_tls && !self.allow_cleartext_password && matches!(target.addr, Host::Tcp(_));
+        let stream: Box<dyn crate::wire::Stream> = if guard_cleartext {
+            Box::new(crate::plaintext::CleartextGuard::new(
+                stream,
+                std::sync::Arc::clone(&refused),
+            ))
+        } else {
+            stream
+        };
         let mut pg = self.pg.clone();
-        match crate::tls::client_config(self)? {
-            None => {
-                pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
-                let (client, connection) = pg.connect(tokio_postgres::NoTls).await.map_err(map)?;
+        pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        match pg.connect_raw(stream, tokio_postgres::NoTls).await {
+            Ok((client, connection)) => {
                 tokio::spawn(connection);
+                self.check_session_attrs(&client, &user, &name).await?;
                 Ok(client)
             }
-            Some(tls) => {
-                if self.ssl_mode.requires_tls() {
-                    if let Some(target) = self.targets().iter().find(|t| matches!(t.addr, Host::Unix(_))) {
-                        return Err(no_tls_on_unix_sockets(self.ssl_mode, &target.to_string()));
-                    }
-                    pg.ssl_mode(tokio_postgres::config::SslMode::Require);
-                } else {
-                    pg.ssl_mode(tokio_postgres::config::SslMode::Prefer);
-                }
-                let (client, connection) = pg.connect(crate::tls::MakeRustls(tls)).await.map_err(map)?;
-                tokio::spawn(connection);
-                Ok(client)
+            Err(_) if refused.load(std::sync::atomic::Ordering::SeqCst) => {
+                Err(Error::CleartextPasswordRefused { user, target: name })
             }
+            Err(e) => Err(Error::from_tokio_postgres(&e, &user, &name, self.ssl_mode)),
         }
+    }
+
+    /// `target_session_attrs` as `tokio-postgres` applies it (its own
+    /// connect does this; `connect_raw` does not): a server of the wrong
+    /// kind is a transient failure, so the next host is tried.
+    async fn check_session_attrs(
+        &self,
+        client: &tokio_postgres::Client,
+        user: &str,
+        target: &str,
+    ) -> Result<(), Error> {
+        use tokio_postgres::config::TargetSessionAttrs;
+        let want_read_only = match self.pg.get_target_session_attrs() {
+            TargetSessionAttrs::ReadWrite => false,
+            TargetSessionAttrs::ReadOnly => true,
+            _ => return Ok(()),
+        };
+        let read_only = client
+            .query_one("show transaction_read_only", &[])
+            .await
+            .map_err(|e| Error::from_tokio_postgres(&e, user, target, self.ssl_mode))?
+            .get::<_, String>(0)
+            == "on";
+        if read_only == want_read_only {
+            return Ok(());
+        }
+        Err(Error::Io {
+            target: target.to_owned(),
+            source: std::io::Error::other(format!(
+                "the server is {} (target_session_attrs asks for {})",
+                if read_only { "read-only" } else { "read-write" },
+                if want_read_only { "read-only" } else { "read-write" }
+            )),
+        })
+    }
+
+    /// Allows sending the password in clear text over a TCP connection
+    /// without TLS when the server asks for the `password` method (refused
+    /// by default; see the `plaintext` module).
+    pub fn allow_cleartext_password(&mut self, allow: bool) {
+        self.allow_cleartext_password = allow;
+    }
+
+    /// Whether a cleartext password may go over a TCP connection without TLS.
+    pub fn cleartext_password_allowed(&self) -> bool {
+        self.allow_cleartext_password
     }
 
     /// Sets the password (e.g. read from a secret file).
@@ -250,6 +307,7 @@ impl fmt::Debug for ReplicationConfig {
             .field("application_name", &self.pg.get_application_name())
             .field("ssl_mode", &self.ssl_mode)
             .field("ssl_root_cert", &self.ssl_root_cert)
+            .field("allow_cleartext_password", &self.allow_cleartext_password)
             .finish()
     }
 }
@@ -280,7 +338,7 @@ impl FromStr for ReplicationConfig {
         }
         let mut pg: tokio_postgres::Config = rest
             .parse()
-            .map_err(|e| Error::Config(format!("{e} (in {:?})", redact(s))))?;
+            .map_err(|e| Error::Config(format!("{e} (in {:?})", outbox_core::redact::redact(s))))?;
         if pg.get_application_name().is_none() {
             pg.application_name(DEFAULT_APPLICATION_NAME);
         }
@@ -322,23 +380,8 @@ impl FromStr for ReplicationConfig {
             pg,
             ssl_mode,
             ssl_root_cert,
+            allow_cleartext_password: false,
         })
-    }
-}
-
-/// The connection string with any password replaced, for error messages.
-fn redact(s: &str) -> String {
-    if let Some((scheme, rest)) = s.split_once("://") {
-        if let Some((userinfo, host)) = rest.split_once('@') {
-            if let Some((user, _)) = userinfo.split_once(':') {
-                return format!("{scheme}://{user}:<redacted>@{host}");
-            }
-        }
-        return s.to_owned();
-    }
-    match s.find("password") {
-        Some(at) => format!("{}password=<redacted> …", &s[..at]),
-        None => s.to_owned(),
     }
 }
 

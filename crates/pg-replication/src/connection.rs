@@ -97,71 +97,20 @@ impl ReplicationConnection {
     /// Each attempt is bounded by `connect_timeout` (default 30 s).
     pub async fn connect(config: &ReplicationConfig) -> Result<Self, Error> {
         let tls = tls::client_config(config)?;
-        let timeout = config
-            .postgres()
-            .get_connect_timeout()
-            .copied()
-            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-        let mut last = None;
-        for target in config.targets() {
-            let attempt = tokio::time::timeout(timeout, Self::connect_to(config, &target, tls.as_ref()));
-            let err = match attempt.await {
-                Ok(Ok(conn)) => return Ok(conn),
-                Ok(Err(err)) => err,
-                Err(_) => Error::Io {
-                    target: target.to_string(),
-                    source: io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no connection within connect_timeout ({} s)", timeout.as_secs()),
-                    ),
-                },
-            };
-            if !err.is_transient() {
-                return Err(err);
-            }
-            tracing::debug!(target = %target, error = %err, "cannot connect, trying the next host if any");
-            last = Some(err);
-        }
-        Err(last.unwrap_or_else(|| Error::Config("no host to connect to".into())))
+        for_each_target(config, |target| Self::connect_to(config, target, tls.clone())).await
     }
 
     async fn connect_to(
         config: &ReplicationConfig,
-        target: &Target,
-        tls: Option<&Arc<rustls::ClientConfig>>,
+        target: Target,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Self, Error> {
-        let name = target.to_string();
-        let io_error = |source| Error::Io {
-            target: name.clone(),
-            source,
-        };
-        let (stream, is_tls): (Box<dyn Stream>, bool) = match &target.addr {
-            Host::Unix(dir) => {
-                if config.ssl_mode().requires_tls() {
-                    return Err(no_tls_on_unix_sockets(config.ssl_mode(), &name));
-                }
-                let path = Target::socket_path(dir, target.port);
-                (
-                    Box::new(UnixStream::connect(&path).await.map_err(io_error)?),
-                    false,
-                )
-            }
-            Host::Tcp(host) => {
-                let stream = TcpStream::connect((host.as_str(), target.port))
-                    .await
-                    .map_err(io_error)?;
-                configure_tcp(&stream, config).map_err(io_error)?;
-                match tls {
-                    Some(tls) => {
-                        let server_name = target.tls_name.as_deref().unwrap_or(host);
-                        negotiate_tls(stream, server_name, &name, tls, config).await?
-                    }
-                    None => (Box::new(stream), false),
-                }
-            }
-        };
-        let mut wire = Wire::new(stream, name);
-        let session = auth::startup(&mut wire, config).await?;
+        let (stream, is_tls) = open_stream(config, &target, tls.as_ref()).await?;
+        // A Unix socket never leaves the machine: no one can read a password on it.
+        let cleartext_ok =
+            is_tls || config.cleartext_password_allowed() || matches!(target.addr, Host::Unix(_));
+        let mut wire = Wire::new(stream, target.to_string());
+        let session = auth::startup(&mut wire, config, cleartext_ok).await?;
         Ok(ReplicationConnection {
             wire,
             parameters: session.parameters,
@@ -330,6 +279,80 @@ impl ReplicationConnection {
     }
 }
 
+/// Tries `connect` on each server in turn, each attempt bounded by
+/// `connect_timeout` (default 30 s); the next host is tried only after a
+/// transient failure.
+pub(crate) async fn for_each_target<T, F, Fut>(config: &ReplicationConfig, mut connect: F) -> Result<T, Error>
+where
+    F: FnMut(Target) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let timeout = config
+        .postgres()
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let mut last = None;
+    for target in config.targets() {
+        let name = target.to_string();
+        let err = match tokio::time::timeout(timeout, connect(target)).await {
+            Ok(Ok(connected)) => return Ok(connected),
+            Ok(Err(err)) => err,
+            Err(_) => Error::Io {
+                target: name.clone(),
+                source: io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no connection within connect_timeout ({} s)", timeout.as_secs()),
+                ),
+            },
+        };
+        if !err.is_transient() {
+            return Err(err);
+        }
+        tracing::debug!(target = %name, error = %err, "cannot connect, trying the next host if any");
+        last = Some(err);
+    }
+    Err(last.unwrap_or_else(|| Error::Config("no host to connect to".into())))
+}
+
+/// The socket to `target`, with TLS per `sslmode`; whether it is encrypted.
+pub(crate) async fn open_stream(
+    config: &ReplicationConfig,
+    target: &Target,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<(Box<dyn Stream>, bool), Error> {
+    let name = target.to_string();
+    let io_error = |source| Error::Io {
+        target: name.clone(),
+        source,
+    };
+    match &target.addr {
+        Host::Unix(dir) => {
+            if config.ssl_mode().requires_tls() {
+                return Err(no_tls_on_unix_sockets(config.ssl_mode(), &name));
+            }
+            let path = Target::socket_path(dir, target.port);
+            Ok((
+                Box::new(UnixStream::connect(&path).await.map_err(io_error)?),
+                false,
+            ))
+        }
+        Host::Tcp(host) => {
+            let stream = TcpStream::connect((host.as_str(), target.port))
+                .await
+                .map_err(io_error)?;
+            configure_tcp(&stream, config).map_err(io_error)?;
+            match tls {
+                Some(tls) => {
+                    let server_name = target.tls_name.as_deref().unwrap_or(host);
+                    negotiate_tls(stream, server_name, &name, tls, config).await
+                }
+                None => Ok((Box::new(stream), false)),
+            }
+        }
+    }
+}
+
 fn configure_tcp(stream: &TcpStream, config: &ReplicationConfig) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let pg = config.postgres();
@@ -375,7 +398,10 @@ async fn negotiate_tls(
         stream.read_exact(&mut answer).await.map_err(io_error)?;
         match answer[0] {
             b'S' => {}
-            b'N' if mode == SslMode::Prefer => return Ok((Box::new(stream), false)),
+            b'N' if mode == SslMode::Prefer => {
+                crate::plaintext::warn_fallback(target);
+                return Ok((Box::new(stream), false));
+            }
             b'N' => return Err(Error::TlsUnsupported(mode.as_str())),
             // Servers older than 7.0 answer with an ErrorResponse.
             b'E' => {

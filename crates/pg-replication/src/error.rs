@@ -84,6 +84,20 @@ pub enum Error {
          string (password=... or postgresql://user:password@host/db) or the configuration"
     )]
     PasswordRequired(String),
+    /// The server asked for the password in clear text over a TCP
+    /// connection without TLS, and that is not allowed.
+    #[error(
+        "{target} asks for user {user:?}'s password in clear text over a connection without TLS, where \
+         anyone on the network path (or a server posing as this one) can read it: refused. Enable TLS on the \
+         server and use sslmode=verify-full, or use scram-sha-256 for this role in pg_hba.conf; to send it \
+         anyway, set postgres.allow_cleartext_password = true"
+    )]
+    CleartextPasswordRefused {
+        /// The role.
+        user: String,
+        /// The server.
+        target: String,
+    },
     /// The server asked for an authentication method this client does not speak.
     #[error(
         "the server asks for {method} authentication for user {user:?}, which outboxd does not support: \

@@ -23,6 +23,7 @@ mod connection;
 mod copy_both;
 mod error;
 mod event;
+mod plaintext;
 mod progress;
 mod stream;
 mod tls;

@@ -1,6 +1,6 @@
 //! TLS as libpq does it, on rustls (ring provider: no cmake needed), for
-//! both the replication connection and the catalog connection
-//! (`MakeRustls` plugs the same rules into `tokio-postgres`).
+//! both the replication connection and the catalog connection (whose
+//! socket and TLS are set up the same way before `tokio-postgres` takes over).
 //!
 //! | sslmode | TLS | certificate check |
 //! |---|---|---|
@@ -24,12 +24,8 @@
 //! explicitly. The client offers ALPN `postgresql`, as libpq 17 does, which
 //! `sslnegotiation=direct` needs.
 
-use std::future::Future;
-use std::io;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -37,8 +33,6 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvi
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 
 use crate::config::{ReplicationConfig, SslMode};
 use crate::error::Error;
@@ -227,96 +221,5 @@ impl ServerCertVerifier for Unverified {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// rustls for tokio-postgres (the catalog connection), same rules as above.
-#[derive(Debug, Clone)]
-pub(crate) struct MakeRustls(pub(crate) Arc<ClientConfig>);
-
-impl<S> MakeTlsConnect<S> for MakeRustls
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    type Stream = RustlsStream<S>;
-    type TlsConnect = RustlsConnect;
-    type Error = io::Error;
-
-    fn make_tls_connect(&mut self, domain: &str) -> io::Result<RustlsConnect> {
-        // tokio-postgres asks with "" for a Unix socket, where the server
-        // never agrees to TLS: there is no name to check, and no handshake.
-        let name = match domain {
-            "" => None,
-            domain => Some(
-                server_name(domain)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?,
-            ),
-        };
-        Ok(RustlsConnect {
-            config: Arc::clone(&self.0),
-            name,
-        })
-    }
-}
-
-#[derive(Debug)]
-pub(crate) struct RustlsConnect {
-    config: Arc<ClientConfig>,
-    name: Option<ServerName<'static>>,
-}
-
-impl<S> TlsConnect<S> for RustlsConnect
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    type Stream = RustlsStream<S>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<RustlsStream<S>>> + Send>>;
-
-    fn connect(self, stream: S) -> Self::Future {
-        Box::pin(async move {
-            let name = self.name.ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "no host name to verify the TLS certificate against",
-                )
-            })?;
-            let tls = tokio_rustls::TlsConnector::from(self.config)
-                .connect(name, stream)
-                .await?;
-            Ok(RustlsStream(tls))
-        })
-    }
-}
-
-#[derive(Debug)]
-pub(crate) struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for RustlsStream<S> {
-    fn channel_binding(&self) -> ChannelBinding {
-        // No tls-server-end-point binding: SCRAM-SHA-256 without -PLUS.
-        ChannelBinding::none()
     }
 }

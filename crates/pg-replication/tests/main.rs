@@ -3,6 +3,7 @@
 mod connection;
 mod copy_both;
 mod payloads;
+mod plaintext;
 mod positions;
 mod streaming;
 mod support;

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use outbox_core::redact::redact_property;
 use rdkafka::ClientConfig;
 
 /// Settings outboxd always applies. Each one carries a guarantee:
@@ -35,15 +36,6 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("linger.ms", "5"),
 ];
 
-/// Property names whose values are secrets: never logged or printed.
-const SECRET_HINTS: &[&str] = &[
-    "password",
-    "secret",
-    "sasl.oauthbearer.config",
-    "ssl.key.pem",
-    "ssl_key",
-];
-
 /// The producer configuration: librdkafka properties, checked.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct KafkaConfig {
@@ -54,11 +46,7 @@ impl fmt::Debug for KafkaConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut map = f.debug_map();
         for (key, value) in &self.properties {
-            if is_secret(key) {
-                map.entry(key, &"<redacted>");
-            } else {
-                map.entry(key, value);
-            }
+            map.entry(key, &redact_property(key, value));
         }
         map.finish()
     }
@@ -148,26 +136,14 @@ impl KafkaConfig {
         config
     }
 
-    /// The properties with secrets redacted, for logs and `outboxd check`.
+    /// The properties as they may be shown (see [`outbox_core::redact`]),
+    /// for logs and `outboxd config`.
     pub fn redacted(&self) -> BTreeMap<String, String> {
         self.properties
             .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    if is_secret(k) {
-                        "<redacted>".to_owned()
-                    } else {
-                        v.clone()
-                    },
-                )
-            })
+            .map(|(k, v)| (k.clone(), redact_property(k, v)))
             .collect()
     }
-}
-
-fn is_secret(key: &str) -> bool {
-    SECRET_HINTS.iter().any(|hint| key.contains(hint))
 }
 
 fn canonical(key: &str) -> &str {

@@ -85,6 +85,13 @@ pub async fn check(config: &Config, findings: &mut Vec<Finding>) {
             "create the topics with the partition count you want (auto-created topics get the broker's default)",
         ));
     }
+    if crate::config_checks::rows_may_create_topics(config) {
+        findings.push(warn(
+            "topic creation",
+            crate::config_checks::ROWS_CREATE_TOPICS,
+            crate::config_checks::ROWS_CREATE_TOPICS_FIX,
+        ));
+    }
     if config.policy().ok() == Some(PermanentErrorPolicy::DeadLetter) {
         let dlq = &config.dead_letter();
         if metadata.topics().iter().any(|t| t.name() == dlq) {
