@@ -776,6 +776,10 @@ mod tests {
             "{err}"
         );
         let err = Config::from_toml("[sink]\nkind = \"nats\"\n").unwrap_err();
-        assert!(format!("{err:#}").contains("unknown variant `nats`"), "{err:#}");
+        // Quoted values in TOML errors are not echoed (they may be secrets).
+        assert!(
+            format!("{err:#}").contains("(key kind): unknown variant"),
+            "{err:#}"
+        );
     }
 }
