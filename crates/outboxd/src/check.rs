@@ -8,7 +8,7 @@ use pg_replication::catalog;
 use pgoutput::Lsn;
 use tokio_postgres::Client;
 
-use crate::checkpoint::CheckpointStore;
+use crate::checkpoint_store::Checkpoints;
 use crate::config::Config;
 
 /// How bad a finding is.
@@ -494,7 +494,12 @@ pub async fn status(config: &Config) -> anyhow::Result<Vec<(String, String)>> {
             Some(confirmed)
         }
     };
-    let checkpoint = CheckpointStore::new(&config.checkpoint.path).load()?;
+    let store = Checkpoints::from_config(config)?;
+    let checkpoint = store.load().await?;
+    let place = match &store {
+        Checkpoints::File(file) => file.path().display().to_string(),
+        Checkpoints::Postgres(_) => store.describe(),
+    };
     match checkpoint {
         Some(checkpoint) => {
             let delivered = checkpoint.delivered_end_lsn;
@@ -504,10 +509,7 @@ pub async fn status(config: &Config) -> anyhow::Result<Vec<(String, String)>> {
                 .unwrap_or_default();
             lines.push((
                 "checkpoint".into(),
-                format!(
-                    "{delivered} (last delivered end LSN{age}, {})",
-                    config.checkpoint.path.display()
-                ),
+                format!("{delivered} (last delivered end LSN{age}, {place})"),
             ));
             if let Some(last) = &checkpoint.last_event {
                 lines.push((
@@ -529,10 +531,7 @@ pub async fn status(config: &Config) -> anyhow::Result<Vec<(String, String)>> {
                 ));
             }
         }
-        None => lines.push((
-            "checkpoint".into(),
-            format!("none yet ({})", config.checkpoint.path.display()),
-        )),
+        None => lines.push(("checkpoint".into(), format!("none yet ({place})"))),
     }
     if let Some(row) = newest_row(config, &client).await {
         lines.push(("newest outbox row".into(), row));

@@ -14,7 +14,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::error;
 
-use crate::checkpoint::{Checkpoint, CheckpointStore};
+use crate::checkpoint::Checkpoint;
+use crate::checkpoint_store::Checkpoints;
 
 /// See the module notes.
 #[derive(Debug)]
@@ -26,7 +27,7 @@ pub struct CheckpointWriter {
 
 impl CheckpointWriter {
     /// Starts the writer task (inside a tokio runtime).
-    pub fn spawn(store: CheckpointStore) -> Self {
+    pub fn spawn(store: Checkpoints) -> Self {
         let (newest, mut rx) = watch::channel(None::<Checkpoint>);
         let failed = Arc::new(Mutex::new(None));
         let failure = Arc::clone(&failed);
@@ -38,11 +39,7 @@ impl CheckpointWriter {
                 let checkpoint = rx.borrow_and_update().clone();
                 if let Some(checkpoint) = checkpoint.filter(|c| Some(c.delivered_end_lsn) != written) {
                     let lsn = checkpoint.delivered_end_lsn;
-                    let store = store.clone();
-                    let result = tokio::task::spawn_blocking(move || store.store(&checkpoint))
-                        .await
-                        .map_err(|e| anyhow!("the checkpoint writer panicked: {e}"))
-                        .and_then(|r| r);
+                    let result = store.store(checkpoint).await;
                     if let Err(err) = result {
                         error!(error = %format!("{err:#}"), "cannot write the checkpoint");
                         *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{err:#}"));
@@ -79,13 +76,14 @@ impl CheckpointWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::CheckpointStore;
     use pgoutput::Lsn;
 
     #[tokio::test]
     async fn the_newest_checkpoint_is_on_disk_after_finish() {
         let dir = tempfile::tempdir().unwrap();
         let store = CheckpointStore::new(dir.path().join("cp"));
-        let writer = CheckpointWriter::spawn(store.clone());
+        let writer = CheckpointWriter::spawn(Checkpoints::File(store.clone()));
         for lsn in 1..=100u64 {
             writer.write(Checkpoint::now(Lsn::new(lsn), None)).unwrap();
         }
@@ -98,7 +96,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // A directory where the file should be: the rename fails.
         std::fs::create_dir(dir.path().join("cp")).unwrap();
-        let writer = CheckpointWriter::spawn(CheckpointStore::new(dir.path().join("cp")));
+        let writer = CheckpointWriter::spawn(Checkpoints::File(CheckpointStore::new(dir.path().join("cp"))));
         writer.write(Checkpoint::now(Lsn::new(5), None)).unwrap();
         let err = writer.finish().await.unwrap_err();
         assert!(

@@ -15,6 +15,7 @@ use pg_replication::{OutboxTable, ReplicationConfig, StreamConfig};
 use serde::Deserialize;
 use sink_kafka::KafkaConfig;
 
+use crate::checkpoint_store::StoreKind;
 use crate::sink::SinkKind;
 
 /// The whole configuration.
@@ -326,14 +327,21 @@ impl Default for KafkaSection {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointConfig {
-    /// The checkpoint file.
+    /// `file` (default, one instance) or `postgres` (a table on the primary,
+    /// for several instances on one slot).
+    pub store: StoreKind,
+    /// The checkpoint file (`store = "file"`).
     pub path: PathBuf,
+    /// The checkpoint table, `table` or `schema.table` (`store = "postgres"`).
+    pub table: String,
 }
 
 impl Default for CheckpointConfig {
     fn default() -> Self {
         CheckpointConfig {
+            store: StoreKind::File,
             path: PathBuf::from("outboxd.checkpoint"),
+            table: "outboxd_checkpoint".into(),
         }
     }
 }
@@ -382,6 +390,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("OUTBOXD_KAFKA_ON_PERMANENT_ERROR", "kafka.on_permanent_error"),
     ("OUTBOXD_KAFKA_DEAD_LETTER_TOPIC", "kafka.dead_letter_topic"),
     ("OUTBOXD_CHECKPOINT_PATH", "checkpoint.path"),
+    ("OUTBOXD_CHECKPOINT_STORE", "checkpoint.store"),
     ("OUTBOXD_LOG_FORMAT", "log.format"),
     ("OUTBOXD_LOG_LEVEL", "log.level"),
     ("OUTBOXD_ADMIN_LISTEN", "admin.listen"),
@@ -446,6 +455,13 @@ impl Config {
                 "OUTBOXD_SINK_DEAD_LETTER" => self.sink.dead_letter = Some(value),
                 "OUTBOXD_KAFKA_DEAD_LETTER_TOPIC" => self.kafka.dead_letter_topic = value,
                 "OUTBOXD_CHECKPOINT_PATH" => self.checkpoint.path = value.into(),
+                "OUTBOXD_CHECKPOINT_STORE" => {
+                    self.checkpoint.store = match value.as_str() {
+                        "file" => StoreKind::File,
+                        "postgres" => StoreKind::Postgres,
+                        other => bail!("OUTBOXD_CHECKPOINT_STORE={other:?}: expected file or postgres"),
+                    }
+                }
                 "OUTBOXD_LOG_FORMAT" => {
                     self.log.format = match value.as_str() {
                         "text" => LogFormat::Text,

@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod check;
 pub mod checkpoint;
+pub mod checkpoint_store;
 pub mod checkpoint_writer;
 pub mod config;
 mod config_checks;

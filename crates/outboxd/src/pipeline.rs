@@ -57,7 +57,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::checkpoint::{Checkpoint, CheckpointStore, LastEvent};
+use crate::checkpoint::{Checkpoint, LastEvent};
+use crate::checkpoint_store::Checkpoints;
 use crate::checkpoint_writer::CheckpointWriter;
 use crate::config::PermanentErrorPolicy;
 use crate::metrics::Metrics;
@@ -227,7 +228,7 @@ impl<S: Sink> Pipeline<S> {
         sink: S,
         deliveries: mpsc::UnboundedReceiver<Delivery>,
         start: Lsn,
-        checkpoint: Option<CheckpointStore>,
+        checkpoint: Option<Checkpoints>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let now = Instant::now();

@@ -10,7 +10,8 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::admin;
-use crate::checkpoint::{CheckpointStore, Origin};
+use crate::checkpoint::Origin;
+use crate::checkpoint_store::{Checkpoints, StoreKind};
 use crate::config::Config;
 use crate::lease;
 use crate::maintenance;
@@ -128,8 +129,8 @@ async fn lead(
     let options = options.clone();
     let metrics = Arc::clone(metrics);
     // Read after taking the lease: a previous leader may have written it meanwhile.
-    let checkpoint = CheckpointStore::new(&config.checkpoint.path);
-    let saved_checkpoint = checkpoint.load().map_err(RunError::Setup)?;
+    let checkpoint = Checkpoints::from_config(config).map_err(RunError::Setup)?;
+    let saved_checkpoint = checkpoint.load().await.map_err(RunError::Setup)?;
     let Some(identity) = identify(config, shutdown.as_mut()).await? else {
         info!("shutdown requested before PostgreSQL was reachable; nothing was streamed");
         return Ok(Summary::default());
@@ -280,7 +281,13 @@ fn trusted_position(
     saved: &crate::checkpoint::Checkpoint,
     identity: &pg_replication::SystemIdentity,
 ) -> anyhow::Result<Option<Lsn>> {
-    let path = config.checkpoint.path.display();
+    let path = match config.checkpoint.store {
+        StoreKind::File => config.checkpoint.path.display().to_string(),
+        StoreKind::Postgres => format!(
+            "row of slot {:?} in table {}",
+            config.postgres.slot, config.checkpoint.table
+        ),
+    };
     let lsn = saved.delivered_end_lsn;
     if let Some(origin) = &saved.origin {
         if origin.system_id != identity.system_id {

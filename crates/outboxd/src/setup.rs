@@ -5,6 +5,7 @@ use anyhow::Context;
 use pg_replication::catalog::{self, SlotCreation};
 use pg_replication::OutboxTable;
 
+use crate::checkpoint_store::{self, StoreKind};
 use crate::config::Config;
 
 /// The default outbox table (DESIGN.md; Debezium's outbox router's columns).
@@ -106,6 +107,15 @@ pub async fn setup(config: &Config, create_table: bool) -> anyhow::Result<Vec<St
                 }
             }
         }
+    }
+
+    if config.checkpoint.store == StoreKind::Postgres {
+        let table = &config.checkpoint.table;
+        client
+            .batch_execute(&checkpoint_store::table_sql(table))
+            .await
+            .with_context(|| format!("creating the checkpoint table {table}"))?;
+        done.push(format!("checkpoint table {table}: ready"));
     }
 
     let slot = &config.postgres.slot;

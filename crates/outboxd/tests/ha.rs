@@ -148,3 +148,78 @@ async fn a_rolling_restart_of_two_instances_loses_nothing() {
     first.terminate();
     second.terminate();
 }
+
+/// With `[checkpoint] store = "postgres"` the checkpoint is a row on the
+/// primary, so an instance on another host (here: another checkpoint path
+/// that stays empty) that takes over skips by what the old leader recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_checkpoint_in_postgres_the_new_leader_starts_from_the_old_leaders_checkpoint() {
+    let suite = suite();
+    suite
+        .pg
+        .psql(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../sql/06_checkpoint.sql"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let in_postgres = [("OUTBOXD_CHECKPOINT_STORE", "postgres")];
+    let mut leader = suite.spawn_with_env(&in_postgres);
+    tokio::task::block_in_place(|| leader.wait_for_log("streaming", Duration::from_secs(30)));
+    let other_path = elsewhere.path().join("never-written").display().to_string();
+    let mut standby = suite.spawn_with_env(&[
+        ("OUTBOXD_CHECKPOINT_STORE", "postgres"),
+        ("OUTBOXD_CHECKPOINT_PATH", other_path.as_str()),
+    ]);
+    tokio::task::block_in_place(|| {
+        standby.wait_for_log(
+            "standby: another instance holds the lease",
+            Duration::from_secs(30),
+        )
+    });
+    let writers = suite.spawn_writers(4, 500, 40, Duration::from_millis(2));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    leader.kill9();
+    let client = suite.pg.connect().await.unwrap();
+    let row = client
+        .query_one(
+            "select delivered_end_lsn::text, system_identifier, database, slot from outboxd_checkpoint",
+            &[],
+        )
+        .await
+        .unwrap();
+    let recorded: String = row.get(0);
+    assert!(row.get::<_, Option<String>>(1).is_some_and(|id| !id.is_empty()));
+    assert_eq!(row.get::<_, Option<String>>(2).as_deref(), Some("postgres"));
+    assert_eq!(row.get::<_, String>(3), "outboxd");
+    tokio::task::block_in_place(|| standby.wait_for_log("streaming", Duration::from_secs(30)));
+    let log = standby.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("outboxd::run: streaming"))
+        .unwrap();
+    assert!(
+        line.contains(&format!("checkpoint={recorded}")),
+        "the new leader must start from the recorded {recorded}: {line}"
+    );
+    let written = conformance::join_all(writers).await;
+    let read = suite.read(written.len());
+    let f = suite.figures(&written, &read);
+    eprintln!("checkpoint in postgres: the new leader started from {recorded}; {f:?}");
+    assert_eq!((f.lost, f.order_violations), (0, 0));
+    assert!(!elsewhere.path().join("never-written").exists());
+    let status = suite
+        .command(&["status"])
+        .env("OUTBOXD_CHECKPOINT_STORE", "postgres")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("checkpoint row of slot \"outboxd\" in table outboxd_checkpoint"),
+        "{text}"
+    );
+    standby.terminate();
+}

@@ -97,6 +97,7 @@ fn options(policy: PermanentErrorPolicy) -> PipelineOptions {
 
 impl Harness {
     fn start(options: PipelineOptions, start: Lsn, checkpoint: Option<CheckpointStore>, room: usize) -> Self {
+        let checkpoint = checkpoint.map(crate::checkpoint_store::Checkpoints::File);
         let (events, events_rx) = mpsc::unbounded_channel();
         let (reports, deliveries) = mpsc::unbounded_channel();
         let acks = Arc::new(Mutex::new(Vec::new()));
