@@ -293,6 +293,98 @@ async fn replay_from_a_saved_lsn_republishes_exactly_the_later_events() {
     assert_eq!(env.confirmed().await, slot_start);
 }
 
+/// Found in review: `replay` checked `--from` against the slot, then copied
+/// the slot; when the live service acknowledged in between, the copy started
+/// after `--from` and the replay reported success without the events in
+/// between. Here the "service" advances the slot as soon as the replay's
+/// replication connection appears, so the advance lands between the check
+/// and the copy: the replay must refuse (naming the oldest replayable
+/// position) or replay every event, never succeed with fewer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_while_the_service_advances_the_slot_refuses_instead_of_missing_events() {
+    let env = Env::start("");
+    let pg = env.pg.connect().await.unwrap();
+    let current = || async {
+        pg.query_one("select pg_current_wal_lsn()::text", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+            .parse::<pgoutput::Lsn>()
+            .unwrap()
+    };
+    for round in 0..3 {
+        let from = env.confirmed().await;
+        let written = writer(
+            env.pg.config("postgres", "postgres"),
+            round,
+            5,
+            1,
+            1,
+            Duration::ZERO,
+        )
+        .await;
+        let to = current().await;
+        let service = env.pg.connect().await.unwrap();
+        let advance = tokio::spawn(async move {
+            loop {
+                let walsenders: i64 = service
+                    .query_one(
+                        "select count(*) from pg_stat_activity where backend_type = 'walsender'",
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                if walsenders > 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            service
+                .execute(
+                    "select pg_replication_slot_advance('outboxd', $1::text::pg_lsn)",
+                    &[&to.to_string()],
+                )
+                .await
+                .unwrap();
+        });
+        let command = env.command(&[
+            "replay",
+            "--from",
+            &from.to_string(),
+            "--to",
+            &to.to_string(),
+            "--dry-run",
+        ]);
+        let (ok, text) = tokio::task::spawn_blocking(move || output_of(command))
+            .await
+            .unwrap();
+        advance.await.unwrap();
+        let listed = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("would re-publish ")
+                    && l.split_whitespace().nth(2).is_some_and(|t| t.contains('/'))
+            })
+            .count();
+        eprintln!("round {round}: ok = {ok}, listed {listed}");
+        if ok {
+            assert_eq!(
+                listed,
+                written.len(),
+                "a successful replay lists every event: {text}"
+            );
+        } else {
+            assert!(
+                text.contains(&format!(
+                    "cannot replay from {from}: the oldest replayable position is"
+                )),
+                "{text}"
+            );
+        }
+    }
+}
+
 /// Found in review: the checkpoint was trusted on any server, so one from
 /// another cluster, from before a restore, or from the old timeline of a
 /// failed-over primary skipped transactions that were never delivered.
