@@ -530,7 +530,9 @@ impl<S: Sink> Pipeline<S> {
     }
 
     /// Stops acknowledging at this record's transaction (the caller marked it
-    /// failed in the tracker); the run ends with the first such failure.
+    /// failed in the tracker); the run ends naming the earliest such failure
+    /// (a sink that stops after a permanent failure also reports the records
+    /// behind it as failed, and those reports may come first).
     fn stop_at(
         &mut self,
         id: String,
@@ -540,7 +542,7 @@ impl<S: Sink> Pipeline<S> {
     ) -> Result<(), PipelineError> {
         error!(id = %id, lsn = %position.commit_lsn, index = position.index, error = %error,
                "record cannot be delivered; stopping");
-        if self.failure.is_none() {
+        if self.failure.as_ref().map_or(true, |f| position < f.position) {
             self.failure = Some(Failure {
                 id,
                 position,
