@@ -60,6 +60,7 @@ use tracing::{debug, error, info, warn};
 use crate::checkpoint::{Checkpoint, CheckpointStore, LastEvent};
 use crate::checkpoint_writer::CheckpointWriter;
 use crate::config::PermanentErrorPolicy;
+use crate::maintenance::KeptRows;
 use crate::metrics::Metrics;
 use crate::source::EventSource;
 
@@ -161,6 +162,10 @@ pub enum PipelineError {
     /// The checkpoint could not be written.
     #[error(transparent)]
     Checkpoint(anyhow::Error),
+    /// A row dead-lettered without its value could not be marked as kept
+    /// from cleanup (nothing from its transaction on was acknowledged).
+    #[error("outbox event id={0} was dead-lettered without its value, but {1:#}")]
+    Keep(String, anyhow::Error),
 }
 
 /// A record that failed for good, for the stop message.
@@ -205,6 +210,9 @@ pub struct Pipeline<S> {
     last_delivered: Option<LastEvent>,
     /// Records sent whose outcome has not arrived.
     outstanding: usize,
+    /// Where rows dead-lettered without their value are recorded, so cleanup
+    /// keeps them (when cleanup runs).
+    kept: Option<KeptRows>,
 }
 
 impl<S> std::fmt::Debug for Pipeline<S> {
@@ -255,7 +263,16 @@ impl<S: Sink> Pipeline<S> {
             delivered: start,
             last_delivered: None,
             outstanding: 0,
+            kept: None,
         }
+    }
+
+    /// Records rows dead-lettered without their value in `kept` before their
+    /// dead-letter record is sent (so before their transaction can be
+    /// acknowledged and cleaned up).
+    pub fn keep_rows(mut self, kept: KeptRows) -> Self {
+        self.kept = Some(kept);
+        self
     }
 
     /// `start` was delivered `age` ago (when the checkpoint was written), so
@@ -508,6 +525,15 @@ impl<S: Sink> Pipeline<S> {
     ) -> Result<(), PipelineError> {
         if self.options.policy == PermanentErrorPolicy::DeadLetter && self.failure.is_none() {
             let dead = dead_letter(&self.options.dead_letter_topic, returned, &id, position, &error);
+            if let (None, Some(kept)) = (&dead.value, self.kept.as_mut()) {
+                let reason = match error.class {
+                    ErrorClass::Permanent { reason } => reason.as_str(),
+                    _ => "unknown",
+                };
+                kept.keep(&id, reason)
+                    .await
+                    .map_err(|e| PipelineError::Keep(id.clone(), e))?;
+            }
             warn!(id = %id, lsn = %position.commit_lsn, index = position.index, error = %error.message,
                   destination = %self.options.dead_letter_topic, "record dead-lettered");
             self.summary.dead_lettered += 1;

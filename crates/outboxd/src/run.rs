@@ -143,7 +143,7 @@ pub async fn run_from(
         (None, Some(saved)) => saved.age().unwrap_or_default(),
         _ => Duration::ZERO,
     };
-    let pipeline = Pipeline::new(
+    let mut pipeline = Pipeline::new(
         options,
         sink,
         deliveries,
@@ -152,6 +152,9 @@ pub async fn run_from(
         Arc::clone(&metrics),
     )
     .start_delivered_ago(age);
+    if config.cleanup.interval_ms > 0 {
+        pipeline = pipeline.keep_rows(maintenance::KeptRows::new(config));
+    }
     let result = pipeline.run(stream, shutdown).await.map_err(RunError::Pipeline);
     for task in background {
         task.abort();

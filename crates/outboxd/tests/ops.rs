@@ -657,6 +657,90 @@ async fn cleanup_deletes_only_delivered_rows() {
     outboxd.terminate();
 }
 
+/// The ids left in the outbox table.
+async fn outbox_ids(client: &tokio_postgres::Client) -> Vec<String> {
+    client
+        .query("select id::text from outbox order by id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Waits until `ids` are all that is left in the outbox table, then a few
+/// more cleanup rounds, and says what is left.
+async fn wait_for_cleanup_to_leave(client: &tokio_postgres::Client, ids: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = outbox_ids(client).await;
+        if left.len() <= ids.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "delivered rows were not cleaned up: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(outbox_ids(client).await, ids);
+}
+
+/// Found in review: cleanup deleted every row older than a barrier the slot
+/// had passed, including rows committed before the slot existed (an outbox
+/// adopted with a backlog, a slot recreated), which the slot never delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_never_deletes_rows_committed_before_the_slot_existed() {
+    let env = Env::start("[cleanup]\ninterval_ms = 300\nolder_than_ms = 0\n");
+    let client = env.pg.connect().await.unwrap();
+    // A backlog written while there is no slot, then `setup` makes one.
+    client
+        .batch_execute("select pg_drop_replication_slot('outboxd')")
+        .await
+        .unwrap();
+    let mut backlog = writer(env.pg.config("postgres", "postgres"), 0, 10, 1, 2, Duration::ZERO).await;
+    backlog.sort();
+    let (ok, text) = output_of(env.command(&["setup"]));
+    assert!(ok, "{text}");
+    let outboxd = env.spawn_streaming();
+    let delivered = writer(env.pg.config("postgres", "postgres"), 1, 5, 1, 2, Duration::ZERO).await;
+    env.read(&env.topic, delivered.len()).await;
+    wait_for_cleanup_to_leave(&client, &backlog).await;
+    outboxd.terminate();
+}
+
+/// Found in review: a row dead-lettered without its value (too large) was
+/// deleted by cleanup like a delivered one, and with it the only copy of
+/// its payload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_keeps_a_row_dead_lettered_without_its_value() {
+    let env = Env::start(
+        "[cleanup]\ninterval_ms = 300\nolder_than_ms = 0\n\n\
+         [kafka.properties]\n\"message.max.bytes\" = \"100000\"\n",
+    );
+    let mut outboxd = env.spawn_with_env(&[("OUTBOXD_KAFKA_ON_PERMANENT_ERROR", "dead-letter")]);
+    outboxd.wait_for_log("streaming", Duration::from_secs(30));
+    let client = env.pg.connect().await.unwrap();
+    let ids: Vec<String> = (0..3).map(|n| event_id(7, n)).collect();
+    for (n, id) in ids.iter().enumerate() {
+        let pad = if n == 1 { 300_000 } else { 10 };
+        client
+            .batch_execute(&format!(
+                "insert into outbox (id, aggregatetype, aggregateid, type, payload) values \
+                 ('{id}', 'order', 'agg-7-0', 'OrderChanged', jsonb_build_object('seq', {n}, 'pad', repeat('x', {pad})))"
+            ))
+            .await
+            .unwrap();
+    }
+    assert_eq!(env.read(&env.topic, 2).await.len(), 2);
+    let dlq = env.read("outboxd.dlq", 1).await;
+    assert_eq!(dlq[0].header("outboxd.error_reason"), Some("too_large"));
+    assert_eq!(dlq[0].value, None, "the dead-letter record has no value");
+    wait_for_cleanup_to_leave(&client, &ids[1..2]).await;
+    outboxd.terminate();
+}
+
 fn sql_file(name: &str) -> String {
     std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -664,6 +748,40 @@ fn sql_file(name: &str) -> String {
             .join(name),
     )
     .unwrap()
+}
+
+/// `outboxd_cleanup` (sql/04) keeps what outboxd's own cleanup keeps: rows
+/// from before the recorded slot start, and rows dead-lettered without their value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sql_cleanup_keeps_rows_from_before_the_slot_and_kept_rows() {
+    let pg = testkit::PgCluster::start().unwrap();
+    for file in ["01_outbox_table.sql", "04_cleanup.sql"] {
+        pg.psql(&sql_file(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+    let client = pg.connect().await.unwrap();
+    client
+        .batch_execute(
+            "insert into outbox (id, aggregatetype, aggregateid, type, payload, created_at)
+             select ('00000000-0000-4000-8000-00000000000' || h)::uuid, 'order', 'a', 'T', '{}',
+                    now() - make_interval(hours => h)
+               from generate_series(1, 6) h;
+             insert into outboxd_slot values ('outboxd', pg_snapshot_xmax(pg_current_snapshot()),
+                                              now() - interval '5 hours 30 minutes', null);
+             insert into outboxd_kept (slot_name, event_id, reason)
+             values ('outboxd', '00000000-0000-4000-8000-000000000004', 'too_large');",
+        )
+        .await
+        .unwrap();
+    let deleted: i64 = client
+        .query_one("select outboxd_cleanup(interval '2 hours 30 minutes')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(deleted, 2, "rows 3 and 5 hours old");
+    assert_eq!(
+        outbox_ids(&client).await,
+        ["1", "2", "4", "6"].map(|n| format!("00000000-0000-4000-8000-00000000000{n}"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
