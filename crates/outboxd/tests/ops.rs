@@ -174,8 +174,28 @@ async fn replay_from_a_saved_lsn_republishes_exactly_the_later_events() {
     let env = Env::start("[retention]\nduration_ms = 3600000\n");
     env.create_topic("replayed", 1);
     env.create_topic("dry", 1);
-    let slot_start = env.confirmed().await;
     let outboxd = env.spawn_streaming();
+    // Before any event the slot may move past what `setup` wrote after
+    // creating it (nothing there to replay); from the first event on,
+    // retention holds it.
+    let slot_start = {
+        let client = env.pg.connect().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let end: pgoutput::Lsn = client
+                .query_one("select pg_current_wal_lsn()::text", &[])
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+                .parse()
+                .unwrap();
+            let confirmed = env.confirmed().await;
+            if confirmed >= end || Instant::now() > deadline {
+                break confirmed;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
     let pg = || env.pg.config("postgres", "postgres");
     let first = writer(pg(), 0, 10, 1, 3, Duration::ZERO).await;
     env.read(&env.topic, 10).await;
