@@ -24,4 +24,4 @@ pub use routing::{
     check_template, header, render_template, NameRule, Record, Routing, RoutingError, TemplateError,
     TopicRule,
 };
-pub use sink::{Delivery, DeliveryError, ErrorClass, PermanentReason, Sink};
+pub use sink::{AfterPermanentFailure, Delivery, DeliveryError, ErrorClass, PermanentReason, Sink};

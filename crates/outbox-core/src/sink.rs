@@ -176,6 +176,23 @@ impl Delivery {
     }
 }
 
+/// What a sink does with the records behind one that failed for good. Set
+/// from the permanent-error policy when the sink is built, because only the
+/// sink can hold back what it has already accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AfterPermanentFailure {
+    /// Deliver them (policy `dead-letter`): the failed record goes to the
+    /// dead-letter destination, so later records of its key reach the
+    /// destination without it (consumers find it in the dead-letter one).
+    #[default]
+    Continue,
+    /// Deliver nothing more (policy `stop`): records queued behind it are
+    /// dropped and reported failed, and later sends are refused (reported
+    /// failed), so no later record of its key reaches the destination before
+    /// it does (after the restart that follows the fix).
+    Stop,
+}
+
 /// A destination for records. See the module notes for the contract.
 ///
 /// `send` fails only when the sink is broken ([`ErrorClass::Fatal`]) and

@@ -61,6 +61,7 @@ use crate::checkpoint::{Checkpoint, LastEvent};
 use crate::checkpoint_store::Checkpoints;
 use crate::checkpoint_writer::CheckpointWriter;
 use crate::config::PermanentErrorPolicy;
+use crate::maintenance::KeptRows;
 use crate::metrics::Metrics;
 use crate::source::EventSource;
 
@@ -166,6 +167,10 @@ pub enum PipelineError {
     /// confirming anything more (another instance takes over).
     #[error("the lease may be lost ({0}): stopped without confirming anything more; a standby takes over")]
     LeaseLost(String),
+    /// A row dead-lettered without its value could not be marked as kept
+    /// from cleanup (nothing from its transaction on was acknowledged).
+    #[error("outbox event id={0} was dead-lettered without its value, but {1:#}")]
+    Keep(String, anyhow::Error),
 }
 
 /// A record that failed for good, for the stop message.
@@ -210,6 +215,9 @@ pub struct Pipeline<S> {
     last_delivered: Option<LastEvent>,
     /// Records sent whose outcome has not arrived.
     outstanding: usize,
+    /// Where rows dead-lettered without their value are recorded, so cleanup
+    /// keeps them (when cleanup runs).
+    kept: Option<KeptRows>,
 }
 
 impl<S> std::fmt::Debug for Pipeline<S> {
@@ -260,7 +268,16 @@ impl<S: Sink> Pipeline<S> {
             delivered: start,
             last_delivered: None,
             outstanding: 0,
+            kept: None,
         }
+    }
+
+    /// Records rows dead-lettered without their value in `kept` before their
+    /// dead-letter record is sent (so before their transaction can be
+    /// acknowledged and cleaned up).
+    pub fn keep_rows(mut self, kept: KeptRows) -> Self {
+        self.kept = Some(kept);
+        self
     }
 
     /// `start` was delivered `age` ago (when the checkpoint was written), so
@@ -525,6 +542,15 @@ impl<S: Sink> Pipeline<S> {
     ) -> Result<(), PipelineError> {
         if self.options.policy == PermanentErrorPolicy::DeadLetter && self.failure.is_none() {
             let dead = dead_letter(&self.options.dead_letter_topic, returned, &id, position, &error);
+            if let (None, Some(kept)) = (&dead.value, self.kept.as_mut()) {
+                let reason = match error.class {
+                    ErrorClass::Permanent { reason } => reason.as_str(),
+                    _ => "unknown",
+                };
+                kept.keep(&id, reason)
+                    .await
+                    .map_err(|e| PipelineError::Keep(id.clone(), e))?;
+            }
             warn!(id = %id, lsn = %position.commit_lsn, index = position.index, error = %error.message,
                   destination = %self.options.dead_letter_topic, "record dead-lettered");
             self.summary.dead_lettered += 1;
@@ -547,7 +573,9 @@ impl<S: Sink> Pipeline<S> {
     }
 
     /// Stops acknowledging at this record's transaction (the caller marked it
-    /// failed in the tracker); the run ends with the first such failure.
+    /// failed in the tracker); the run ends naming the earliest such failure
+    /// (a sink that stops after a permanent failure also reports the records
+    /// behind it as failed, and those reports may come first).
     fn stop_at(
         &mut self,
         id: String,
@@ -557,7 +585,7 @@ impl<S: Sink> Pipeline<S> {
     ) -> Result<(), PipelineError> {
         error!(id = %id, lsn = %position.commit_lsn, index = position.index, error = %error,
                "record cannot be delivered; stopping");
-        if self.failure.is_none() {
+        if self.failure.as_ref().map_or(true, |f| position < f.position) {
             self.failure = Some(Failure {
                 id,
                 position,

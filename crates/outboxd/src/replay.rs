@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use outbox_core::{header, Delivery};
-use pg_replication::{catalog, ReplicationEvent, ReplicationStream};
+use pg_replication::{catalog, ReplicationError, ReplicationEvent, ReplicationStream};
 use pgoutput::Lsn;
 use tokio::sync::mpsc;
 
@@ -120,7 +120,20 @@ pub async fn replay(
     } else {
         Some(AnySink::build(config, deliveries_tx)?)
     };
-    let mut stream = ReplicationStream::start(stream_config).await?;
+    // The service may acknowledge (move the slot) between the check above
+    // and the copy: the copy then starts after `--from`, and is refused.
+    let mut stream = match ReplicationStream::start(stream_config).await {
+        Ok(stream) => stream,
+        Err(ReplicationError::CopyAhead { start, .. }) => bail!(
+            "cannot replay from {}: the oldest replayable position is now {start} (slot {:?} was acknowledged \
+             past {} while the replay started, so Postgres cannot decode the events in between again). \
+             Events committed after {start} can be replayed; set [retention] to keep a longer replay window",
+            options.from,
+            config.postgres.slot,
+            options.from
+        ),
+        Err(err) => return Err(err.into()),
+    };
     let stats = stream.stats();
     let replay_header = Bytes::from(format!("from={} to={end}", options.from));
     let mut open = false;

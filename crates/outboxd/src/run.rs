@@ -207,7 +207,7 @@ async fn lead(
         (None, Some(saved)) => saved.age().unwrap_or_default(),
         _ => Duration::ZERO,
     };
-    let pipeline = Pipeline::new(
+    let mut pipeline = Pipeline::new(
         options,
         sink,
         deliveries,
@@ -216,6 +216,9 @@ async fn lead(
         Arc::clone(&metrics),
     )
     .start_delivered_ago(age);
+    if config.cleanup.interval_ms > 0 {
+        pipeline = pipeline.keep_rows(maintenance::KeptRows::new(config));
+    }
     let result = pipeline
         .run(stream, shutdown, lease.lost())
         .await

@@ -7,6 +7,7 @@ use pg_replication::OutboxTable;
 
 use crate::checkpoint_store::{self, StoreKind};
 use crate::config::Config;
+use crate::maintenance;
 
 /// The default outbox table (DESIGN.md; Debezium's outbox router's columns).
 pub fn outbox_table_sql(table: &OutboxTable) -> String {
@@ -123,7 +124,10 @@ pub async fn setup(config: &Config, create_table: bool) -> anyhow::Result<Vec<St
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?
     {
-        SlotCreation::Created { lsn } => done.push(format!("slot {slot}: created (pgoutput) at {lsn}")),
+        SlotCreation::Created { lsn } => {
+            done.push(format!("slot {slot}: created (pgoutput) at {lsn}"));
+            record_start(&client, config, Some(lsn), true, &mut done).await?;
+        }
         SlotCreation::AlreadyExisted => {
             let info = catalog::verify_slot(&client, slot)
                 .await
@@ -133,9 +137,39 @@ pub async fn setup(config: &Config, create_table: bool) -> anyhow::Result<Vec<St
                 .map(|l| l.to_string())
                 .unwrap_or_else(|| "?".into());
             done.push(format!("slot {slot}: exists, confirmed at {at}"));
+            record_start(&client, config, info.confirmed_flush_lsn, false, &mut done).await?;
         }
     }
     Ok(done)
+}
+
+/// Records where the slot starts, for cleanup (see `maintenance::cleanup`).
+async fn record_start(
+    client: &tokio_postgres::Client,
+    config: &Config,
+    lsn: Option<pgoutput::Lsn>,
+    replace: bool,
+    done: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let schema = maintenance::bookkeeping_schema(config);
+    let slot = &config.postgres.slot;
+    maintenance::record_slot_start(client, &schema, slot, lsn, replace)
+        .await
+        .with_context(|| format!("recording where slot {slot} starts in {schema}.outboxd_slot"))?;
+    let since: String = client
+        .query_one(
+            &format!(
+                "select created_at::text from {}.outboxd_slot where slot_name = $1",
+                ident(&schema)
+            ),
+            &[slot],
+        )
+        .await?
+        .get(0);
+    done.push(format!(
+        "slot {slot}: cleanup deletes only rows committed after its start ({since}), recorded in {schema}.outboxd_slot"
+    ));
+    Ok(())
 }
 
 /// A quoted SQL identifier.

@@ -174,8 +174,28 @@ async fn replay_from_a_saved_lsn_republishes_exactly_the_later_events() {
     let env = Env::start("[retention]\nduration_ms = 3600000\n");
     env.create_topic("replayed", 1);
     env.create_topic("dry", 1);
-    let slot_start = env.confirmed().await;
     let outboxd = env.spawn_streaming();
+    // Before any event the slot may move past what `setup` wrote after
+    // creating it (nothing there to replay); from the first event on,
+    // retention holds it.
+    let slot_start = {
+        let client = env.pg.connect().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let end: pgoutput::Lsn = client
+                .query_one("select pg_current_wal_lsn()::text", &[])
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+                .parse()
+                .unwrap();
+            let confirmed = env.confirmed().await;
+            if confirmed >= end || Instant::now() > deadline {
+                break confirmed;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
     let pg = || env.pg.config("postgres", "postgres");
     let first = writer(pg(), 0, 10, 1, 3, Duration::ZERO).await;
     env.read(&env.topic, 10).await;
@@ -291,6 +311,98 @@ async fn replay_from_a_saved_lsn_republishes_exactly_the_later_events() {
     assert_eq!(env.read(&env.topic, 25).await.len(), 25, "nothing re-sent");
     outboxd.terminate();
     assert_eq!(env.confirmed().await, slot_start);
+}
+
+/// Found in review: `replay` checked `--from` against the slot, then copied
+/// the slot; when the live service acknowledged in between, the copy started
+/// after `--from` and the replay reported success without the events in
+/// between. Here the "service" advances the slot as soon as the replay's
+/// replication connection appears, so the advance lands between the check
+/// and the copy: the replay must refuse (naming the oldest replayable
+/// position) or replay every event, never succeed with fewer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_while_the_service_advances_the_slot_refuses_instead_of_missing_events() {
+    let env = Env::start("");
+    let pg = env.pg.connect().await.unwrap();
+    let current = || async {
+        pg.query_one("select pg_current_wal_lsn()::text", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+            .parse::<pgoutput::Lsn>()
+            .unwrap()
+    };
+    for round in 0..3 {
+        let from = env.confirmed().await;
+        let written = writer(
+            env.pg.config("postgres", "postgres"),
+            round,
+            5,
+            1,
+            1,
+            Duration::ZERO,
+        )
+        .await;
+        let to = current().await;
+        let service = env.pg.connect().await.unwrap();
+        let advance = tokio::spawn(async move {
+            loop {
+                let walsenders: i64 = service
+                    .query_one(
+                        "select count(*) from pg_stat_activity where backend_type = 'walsender'",
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                if walsenders > 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            service
+                .execute(
+                    "select pg_replication_slot_advance('outboxd', $1::text::pg_lsn)",
+                    &[&to.to_string()],
+                )
+                .await
+                .unwrap();
+        });
+        let command = env.command(&[
+            "replay",
+            "--from",
+            &from.to_string(),
+            "--to",
+            &to.to_string(),
+            "--dry-run",
+        ]);
+        let (ok, text) = tokio::task::spawn_blocking(move || output_of(command))
+            .await
+            .unwrap();
+        advance.await.unwrap();
+        let listed = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("would re-publish ")
+                    && l.split_whitespace().nth(2).is_some_and(|t| t.contains('/'))
+            })
+            .count();
+        eprintln!("round {round}: ok = {ok}, listed {listed}");
+        if ok {
+            assert_eq!(
+                listed,
+                written.len(),
+                "a successful replay lists every event: {text}"
+            );
+        } else {
+            assert!(
+                text.contains(&format!(
+                    "cannot replay from {from}: the oldest replayable position is"
+                )),
+                "{text}"
+            );
+        }
+    }
 }
 
 /// Found in review: the checkpoint was trusted on any server, so one from
@@ -566,6 +678,90 @@ async fn cleanup_deletes_only_delivered_rows() {
     outboxd.terminate();
 }
 
+/// The ids left in the outbox table.
+async fn outbox_ids(client: &tokio_postgres::Client) -> Vec<String> {
+    client
+        .query("select id::text from outbox order by id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Waits until `ids` are all that is left in the outbox table, then a few
+/// more cleanup rounds, and says what is left.
+async fn wait_for_cleanup_to_leave(client: &tokio_postgres::Client, ids: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = outbox_ids(client).await;
+        if left.len() <= ids.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "delivered rows were not cleaned up: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(outbox_ids(client).await, ids);
+}
+
+/// Found in review: cleanup deleted every row older than a barrier the slot
+/// had passed, including rows committed before the slot existed (an outbox
+/// adopted with a backlog, a slot recreated), which the slot never delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_never_deletes_rows_committed_before_the_slot_existed() {
+    let env = Env::start("[cleanup]\ninterval_ms = 300\nolder_than_ms = 0\n");
+    let client = env.pg.connect().await.unwrap();
+    // A backlog written while there is no slot, then `setup` makes one.
+    client
+        .batch_execute("select pg_drop_replication_slot('outboxd')")
+        .await
+        .unwrap();
+    let mut backlog = writer(env.pg.config("postgres", "postgres"), 0, 10, 1, 2, Duration::ZERO).await;
+    backlog.sort();
+    let (ok, text) = output_of(env.command(&["setup"]));
+    assert!(ok, "{text}");
+    let outboxd = env.spawn_streaming();
+    let delivered = writer(env.pg.config("postgres", "postgres"), 1, 5, 1, 2, Duration::ZERO).await;
+    env.read(&env.topic, delivered.len()).await;
+    wait_for_cleanup_to_leave(&client, &backlog).await;
+    outboxd.terminate();
+}
+
+/// Found in review: a row dead-lettered without its value (too large) was
+/// deleted by cleanup like a delivered one, and with it the only copy of
+/// its payload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_keeps_a_row_dead_lettered_without_its_value() {
+    let env = Env::start(
+        "[cleanup]\ninterval_ms = 300\nolder_than_ms = 0\n\n\
+         [kafka.properties]\n\"message.max.bytes\" = \"100000\"\n",
+    );
+    let mut outboxd = env.spawn_with_env(&[("OUTBOXD_KAFKA_ON_PERMANENT_ERROR", "dead-letter")]);
+    outboxd.wait_for_log("streaming", Duration::from_secs(30));
+    let client = env.pg.connect().await.unwrap();
+    let ids: Vec<String> = (0..3).map(|n| event_id(7, n)).collect();
+    for (n, id) in ids.iter().enumerate() {
+        let pad = if n == 1 { 300_000 } else { 10 };
+        client
+            .batch_execute(&format!(
+                "insert into outbox (id, aggregatetype, aggregateid, type, payload) values \
+                 ('{id}', 'order', 'agg-7-0', 'OrderChanged', jsonb_build_object('seq', {n}, 'pad', repeat('x', {pad})))"
+            ))
+            .await
+            .unwrap();
+    }
+    assert_eq!(env.read(&env.topic, 2).await.len(), 2);
+    let dlq = env.read("outboxd.dlq", 1).await;
+    assert_eq!(dlq[0].header("outboxd.error_reason"), Some("too_large"));
+    assert_eq!(dlq[0].value, None, "the dead-letter record has no value");
+    wait_for_cleanup_to_leave(&client, &ids[1..2]).await;
+    outboxd.terminate();
+}
+
 fn sql_file(name: &str) -> String {
     std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -573,6 +769,40 @@ fn sql_file(name: &str) -> String {
             .join(name),
     )
     .unwrap()
+}
+
+/// `outboxd_cleanup` (sql/04) keeps what outboxd's own cleanup keeps: rows
+/// from before the recorded slot start, and rows dead-lettered without their value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sql_cleanup_keeps_rows_from_before_the_slot_and_kept_rows() {
+    let pg = testkit::PgCluster::start().unwrap();
+    for file in ["01_outbox_table.sql", "04_cleanup.sql"] {
+        pg.psql(&sql_file(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+    let client = pg.connect().await.unwrap();
+    client
+        .batch_execute(
+            "insert into outbox (id, aggregatetype, aggregateid, type, payload, created_at)
+             select ('00000000-0000-4000-8000-00000000000' || h)::uuid, 'order', 'a', 'T', '{}',
+                    now() - make_interval(hours => h)
+               from generate_series(1, 6) h;
+             insert into outboxd_slot values ('outboxd', pg_snapshot_xmax(pg_current_snapshot()),
+                                              now() - interval '5 hours 30 minutes', null);
+             insert into outboxd_kept (slot_name, event_id, reason)
+             values ('outboxd', '00000000-0000-4000-8000-000000000004', 'too_large');",
+        )
+        .await
+        .unwrap();
+    let deleted: i64 = client
+        .query_one("select outboxd_cleanup(interval '2 hours 30 minutes')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(deleted, 2, "rows 3 and 5 hours old");
+    assert_eq!(
+        outbox_ids(&client).await,
+        ["1", "2", "4", "6"].map(|n| format!("00000000-0000-4000-8000-00000000000{n}"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

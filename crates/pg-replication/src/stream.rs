@@ -72,7 +72,8 @@ pub struct StreamConfig {
     /// Stream from a temporary copy of this slot, named `slot`, made on the
     /// replication connection (`pg_copy_logical_replication_slot`) and gone
     /// when the connection closes: a replay reads the same changes as the
-    /// service without touching the service's slot.
+    /// service without touching the service's slot. A copy that starts after
+    /// `skip_through` is refused ([`ReplicationError::CopyAhead`]).
     pub copy_from: Option<String>,
 }
 
@@ -169,6 +170,17 @@ pub enum ReplicationError {
         requested: Lsn,
         /// Where the slot is.
         confirmed: Lsn,
+    },
+    /// A copy of a slot starts after the requested position: the source slot
+    /// moved (was acknowledged) after the caller checked it.
+    #[error("the copy of replication slot {slot:?} starts at {start}, after the requested {requested}: the slot was moved meanwhile, and the changes in between can no longer be decoded from it")]
+    CopyAhead {
+        /// The slot copied.
+        slot: String,
+        /// Where the caller asked to start.
+        requested: Lsn,
+        /// Where the copy starts: the oldest position it can stream.
+        start: Lsn,
     },
     /// The stream task ended unexpectedly.
     #[error("replication task failed: {0}")]
@@ -441,7 +453,7 @@ impl Runner {
             .await
             .map_err(Attempt::from_connection)?;
         let source = config.copy_from.as_deref().unwrap_or(&config.slot);
-        let slot = catalog::verify(&client, source, &config.publication, &config.tables)
+        let mut slot = catalog::verify(&client, source, &config.publication, &config.tables)
             .await
             .map_err(Attempt::from_check)?;
         if let Some(source) = &config.copy_from {
@@ -452,6 +464,26 @@ impl Runner {
             ))
             .await
             .map_err(Attempt::from_connection)?;
+            // The copy starts where the source is now, which may be past where
+            // the caller checked it (a live service acknowledging meanwhile):
+            // the changes in between cannot be decoded from it.
+            slot = catalog::read_slot(&client, &config.slot)
+                .await
+                .map_err(|e| Attempt::from_check(e.into()))?
+                .ok_or_else(|| {
+                    Attempt::Definite(ReplicationError::Task(format!(
+                        "the copy {:?} of slot {source:?} vanished after it was made",
+                        config.slot
+                    )))
+                })?;
+            let start = slot.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
+            if !self.connected_once && start > config.skip_through {
+                return Err(Attempt::Definite(ReplicationError::CopyAhead {
+                    slot: source.clone(),
+                    requested: config.skip_through,
+                    start,
+                }));
+            }
         }
         let status_interval = match conn
             .wal_sender_timeout()

@@ -16,7 +16,9 @@ use rdkafka::ClientConfig;
 /// * `max.in.flight.requests.per.connection=5`: the most the idempotent
 ///   producer allows without risking reordering;
 /// * `message.timeout.ms=0`: a record is never given up on (a timed-out
-///   record would leave a gap the next records fill, breaking order);
+///   record would leave a gap the next records fill, breaking order; any
+///   other value is refused, `enable.gapless.guarantee` included, which does
+///   not cover timed-out records);
 /// * `partitioner=murmur2_random`: the Java client's placement, so keys land
 ///   on the partitions Java producers and Kafka Streams expect.
 pub const REQUIRED: &[(&str, &str)] = &[
@@ -93,13 +95,7 @@ impl KafkaConfig {
         if !checked.contains_key("bootstrap.servers") {
             return Err(ConfigError::NoBootstrapServers);
         }
-        // A finite timeout is allowed only with the gapless guarantee: then a
-        // timed-out record is a fatal producer error, never a silent gap.
-        let gapless = checked.get("enable.gapless.guarantee").map(String::as_str) == Some("true");
         for (key, value) in REQUIRED {
-            if *key == "message.timeout.ms" && gapless && checked.contains_key(*key) {
-                continue;
-            }
             checked
                 .entry((*key).to_owned())
                 .or_insert_with(|| (*value).to_owned());
@@ -109,9 +105,7 @@ impl KafkaConfig {
                 .entry((*key).to_owned())
                 .or_insert_with(|| (*value).to_owned());
         }
-        let config = KafkaConfig { properties: checked };
-        check_timeout(&config)?;
-        Ok(config)
+        Ok(KafkaConfig { properties: checked })
     }
 
     /// One property's value.
@@ -200,6 +194,19 @@ fn check(key: &str, value: &str) -> Result<(), ConfigError> {
                  later records of the same key still go out, breaking order; remove the setting",
             ))
         }
+        "message.timeout.ms" if v != "0" => Err(unsafe_setting(
+            key,
+            value,
+            "a record that times out is dropped while the next ones still go out, a gap in the stream that \
+             breaks the key's order (enable.gapless.guarantee does not cover timed-out records); leave it at 0: \
+             retry until delivered",
+        )),
+        "delivery.report.only.error" if v == "true" => Err(unsafe_setting(
+            key,
+            value,
+            "outboxd acknowledges a record to Postgres only on its successful delivery report; without those \
+             reports the slot would never move; remove the setting",
+        )),
         "transactional.id" => Err(unsafe_setting(
             key,
             value,
@@ -207,21 +214,6 @@ fn check(key: &str, value: &str) -> Result<(), ConfigError> {
         )),
         _ => Ok(()),
     }
-}
-
-/// Refuses a finite `message.timeout.ms` without `enable.gapless.guarantee`.
-fn check_timeout(config: &KafkaConfig) -> Result<(), ConfigError> {
-    let timeout = config.get("message.timeout.ms").unwrap_or("0");
-    if timeout != "0" && config.get("enable.gapless.guarantee") != Some("true") {
-        return Err(unsafe_setting(
-            "message.timeout.ms",
-            timeout,
-            "a record that times out is dropped and the next ones still go out, a gap in the stream; \
-             leave it at 0 (retry until delivered) or also set enable.gapless.guarantee=true, which makes \
-             a timeout a fatal error instead",
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -292,14 +284,26 @@ mod tests {
         assert_eq!(c.get("max.in.flight.requests.per.connection"), Some("1"));
     }
 
+    /// Found in review: a finite timeout was accepted with
+    /// `enable.gapless.guarantee`, which does not cover timed-out records, and
+    /// `delivery.report.only.error=true` was accepted although the slot moves
+    /// only on successful reports.
     #[test]
-    fn finite_timeout_only_with_the_gapless_guarantee() {
-        let c = config(&[
+    fn a_finite_timeout_is_refused_even_with_gapless_and_so_are_error_only_reports() {
+        let err = config(&[
             ("message.timeout.ms", "60000"),
             ("enable.gapless.guarantee", "true"),
         ])
+        .unwrap_err();
+        assert!(err.to_string().contains("does not cover timed-out"), "{err}");
+        let err = config(&[("delivery.report.only.error", "true")]).unwrap_err();
+        assert!(err.to_string().contains("never move"), "{err}");
+        let c = config(&[
+            ("message.timeout.ms", "0"),
+            ("delivery.report.only.error", "false"),
+        ])
         .unwrap();
-        assert_eq!(c.get("message.timeout.ms"), Some("60000"));
+        assert_eq!(c.get("message.timeout.ms"), Some("0"));
     }
 
     #[test]

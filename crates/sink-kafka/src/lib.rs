@@ -20,21 +20,35 @@
 //!   authorized, unknown topic) are reported with the record returned, so the
 //!   pipeline can stop or dead-letter; a fatal producer error makes every
 //!   later `send` fail.
+//! * **After a permanent failure** ([`AfterPermanentFailure`], from the
+//!   policy): with `Continue` (policy `dead-letter`) librdkafka goes on with
+//!   the records behind it, so later records of the same key reach the topic
+//!   and the failed one is only in the dead-letter topic. With `Stop` (policy
+//!   `stop`) nothing behind it is produced: `enable.gapless.guarantee=true`
+//!   makes librdkafka stop instead of re-sequencing the partition and sending
+//!   what was queued behind a batch the broker refused (it purges its queue);
+//!   the sink purges what is queued and refuses later sends, reporting them
+//!   failed. Requests already in flight behind the refused one are rejected
+//!   by the broker's idempotence check (their sequence numbers follow one it
+//!   never wrote).
 
 mod classify;
 mod config;
 mod partition;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use outbox_core::{Delivery, DeliveryError, ErrorClass, Position, Record, Sink, TxSeq};
+use outbox_core::{
+    AfterPermanentFailure, Delivery, DeliveryError, ErrorClass, Position, Record, Sink, TxSeq,
+};
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, PurgeConfig, ThreadedProducer};
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, error, info, warn};
 
@@ -68,6 +82,8 @@ struct DeliveryContext {
     deliveries: mpsc::UnboundedSender<Delivery>,
     space: Arc<Notify>,
     fatal: Arc<Mutex<Option<String>>>,
+    /// Set under [`AfterPermanentFailure::Stop`] once a record failed for good.
+    fence: Option<Arc<AtomicBool>>,
 }
 
 impl ClientContext for DeliveryContext {
@@ -110,7 +126,13 @@ impl ProducerContext for DeliveryContext {
                 returned: None,
             },
             Err((err, message)) => {
-                let class = classify(err);
+                let mut class = classify(err);
+                let fenced = self.fence.as_ref().is_some_and(|f| f.load(Ordering::SeqCst));
+                // Records librdkafka fails because the fence stopped it are
+                // not the producer breaking: the earlier failure says why.
+                if fenced && class == ErrorClass::Fatal {
+                    class = ErrorClass::Retriable;
+                }
                 let returned = class.is_permanent().then(|| Record {
                     topic: message.topic().to_owned(),
                     key: Bytes::copy_from_slice(message.key().unwrap_or_default()),
@@ -144,8 +166,14 @@ impl ProducerContext for DeliveryContext {
                 }
             }
         };
+        let permanent = matches!(&delivery.result, Err(e) if e.class.is_permanent());
         // The receiver is gone only when the pipeline has stopped.
         let _ = self.deliveries.send(delivery);
+        // After the report: the failure reaches the pipeline before any
+        // refusal of a record behind it.
+        if let (true, Some(fence)) = (permanent, &self.fence) {
+            fence.store(true, Ordering::SeqCst);
+        }
         self.space.notify_one();
     }
 }
@@ -156,6 +184,10 @@ pub struct KafkaSink {
     space: Arc<Notify>,
     fatal: Arc<Mutex<Option<String>>>,
     deliveries: mpsc::UnboundedSender<Delivery>,
+    /// Set once a record failed for good under [`AfterPermanentFailure::Stop`].
+    fence: Option<Arc<AtomicBool>>,
+    /// Whether the queue was purged after the fence closed.
+    purged: bool,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -171,15 +203,30 @@ impl KafkaSink {
     /// channel is unbounded but holds at most one report per record
     /// librdkafka holds, which its queue limits bound.
     pub fn new(config: &KafkaConfig, deliveries: mpsc::UnboundedSender<Delivery>) -> Result<Self, SinkError> {
+        Self::with_after_permanent(config, deliveries, AfterPermanentFailure::Continue)
+    }
+
+    /// [`KafkaSink::new`], saying what happens to the records behind one that
+    /// failed for good (see the crate notes).
+    pub fn with_after_permanent(
+        config: &KafkaConfig,
+        deliveries: mpsc::UnboundedSender<Delivery>,
+        after: AfterPermanentFailure,
+    ) -> Result<Self, SinkError> {
         let space = Arc::new(Notify::new());
         let fatal = Arc::new(Mutex::new(None));
+        let fence = (after == AfterPermanentFailure::Stop).then(|| Arc::new(AtomicBool::new(false)));
         let context = DeliveryContext {
             deliveries: deliveries.clone(),
             space: Arc::clone(&space),
             fatal: Arc::clone(&fatal),
+            fence: fence.clone(),
         };
-        let producer = config
-            .client_config()
+        let mut client_config = config.client_config();
+        if fence.is_some() {
+            client_config.set("enable.gapless.guarantee", "true");
+        }
+        let producer = client_config
             .create_with_context(context)
             .map_err(SinkError::Create)?;
         Ok(KafkaSink {
@@ -187,7 +234,50 @@ impl KafkaSink {
             space,
             fatal,
             deliveries,
+            fence,
+            purged: false,
         })
+    }
+
+    /// Under [`AfterPermanentFailure::Stop`], whether a record failed for
+    /// good: nothing more is produced. Purges librdkafka's queue the first
+    /// time it is seen.
+    fn fenced(&mut self) -> bool {
+        let Some(fence) = &self.fence else {
+            return false;
+        };
+        let gapless = matches!(
+            self.producer.client().fatal_error(),
+            Some((RDKafkaErrorCode::GaplessGuarantee, _))
+        );
+        if gapless {
+            fence.store(true, Ordering::SeqCst);
+        }
+        if !fence.load(Ordering::SeqCst) {
+            return false;
+        }
+        if !self.purged {
+            self.purged = true;
+            warn!(
+                "a record failed for good: purging the records queued behind it and producing nothing more"
+            );
+            self.producer
+                .purge(PurgeConfig::default().queue().inflight().non_blocking());
+        }
+        true
+    }
+
+    /// Reports `record` as not sent because the fence is closed.
+    fn refuse(&self, record: Record, tx: TxSeq) {
+        let _ = self.deliveries.send(Delivery {
+            tx,
+            id: record.id,
+            position: record.position,
+            result: Err(DeliveryError::retriable(
+                "not sent: an earlier record failed for good and the stop policy produces nothing after it",
+            )),
+            returned: None,
+        });
     }
 
     /// Records handed to librdkafka and not yet reported.
@@ -235,6 +325,10 @@ impl KafkaSink {
 impl Sink for KafkaSink {
     async fn send(&mut self, record: Record, tx: TxSeq) -> Result<(), DeliveryError> {
         loop {
+            if self.fenced() {
+                self.refuse(record, tx);
+                return Ok(());
+            }
             if let Some(fatal) = self.fatal_error() {
                 return Err(fatal);
             }
@@ -248,6 +342,10 @@ impl Sink for KafkaSink {
                 Err((err, meta)) => {
                     let class = classify(&err);
                     if class == ErrorClass::Fatal {
+                        if self.fenced() {
+                            self.refuse(record, tx);
+                            return Ok(());
+                        }
                         return Err(DeliveryError {
                             class,
                             message: err.to_string(),
@@ -265,6 +363,9 @@ impl Sink for KafkaSink {
                         }),
                         returned: Some(record),
                     });
+                    if let (true, Some(fence)) = (class.is_permanent(), &self.fence) {
+                        fence.store(true, Ordering::SeqCst);
+                    }
                     return Ok(());
                 }
             }

@@ -2,3 +2,4 @@
 //! protocol over TCP), read back with a real consumer.
 
 mod delivery;
+mod fence;

@@ -692,3 +692,31 @@ fn a_bytea_payload_is_its_bytes_and_malformed_hex_is_this_rows_fault() {
     );
     assert_eq!(err.id, "b1");
 }
+
+/// A sink that stops after a permanent failure reports the records behind
+/// it as failed too, possibly before the failed one's own report: the run
+/// still names the failed record, not one held back behind it.
+#[tokio::test(start_paused = true)]
+async fn under_stop_the_run_names_the_earliest_failure_whatever_the_report_order() {
+    let h = Harness::start(options(PermanentErrorPolicy::Stop), lsn(100), None, 100);
+    h.transaction(200, 210, &[("a1", "k1")]);
+    h.transaction(300, 310, &[("b1", "k1")]);
+    h.settle().await;
+    h.report(
+        1,
+        Err(DeliveryError::retriable(
+            "not sent: an earlier record failed for good",
+        )),
+    );
+    h.report(
+        0,
+        Err(DeliveryError::permanent(PermanentReason::TooLarge, "too large")),
+    );
+    let err = h.stop().await.unwrap_err();
+    match &err {
+        PipelineError::Undeliverable { id, confirmed, .. } => {
+            assert_eq!((id.as_str(), *confirmed), ("a1", lsn(100)), "{err}");
+        }
+        other => panic!("expected Undeliverable, got {other:?}"),
+    }
+}

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use outbox_core::Delivery;
+use outbox_core::{AfterPermanentFailure, Delivery};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use sink_kafka::KafkaSink;
@@ -13,8 +13,13 @@ use crate::check::{fail, ok, warn, Finding};
 use crate::config::{Config, PermanentErrorPolicy};
 
 /// The Kafka producer the configuration describes.
-pub fn build(config: &Config, deliveries: mpsc::UnboundedSender<Delivery>) -> anyhow::Result<KafkaSink> {
-    KafkaSink::new(&config.kafka()?, deliveries).context("cannot create the Kafka producer")
+pub fn build(
+    config: &Config,
+    deliveries: mpsc::UnboundedSender<Delivery>,
+    after: AfterPermanentFailure,
+) -> anyhow::Result<KafkaSink> {
+    KafkaSink::with_after_permanent(&config.kafka()?, deliveries, after)
+        .context("cannot create the Kafka producer")
 }
 
 /// `outboxd check`'s broker findings: reachability, topics and partitions,

@@ -7,11 +7,11 @@
 
 pub mod kafka;
 
-use outbox_core::{Delivery, DeliveryError, NameRule, Record, Sink, TxSeq};
+use outbox_core::{AfterPermanentFailure, Delivery, DeliveryError, NameRule, Record, Sink, TxSeq};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::config::Config;
+use crate::config::{Config, PermanentErrorPolicy};
 
 /// `[sink] kind`: which broker records go to.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -60,8 +60,15 @@ pub enum AnySink {
 impl AnySink {
     /// Builds the configured sink; outcomes are reported on `deliveries`.
     pub fn build(config: &Config, deliveries: mpsc::UnboundedSender<Delivery>) -> anyhow::Result<Self> {
+        // Under `stop` the sink itself holds back what it accepted behind a
+        // record that failed for good: by the time the pipeline hears of the
+        // failure, later records of the same key could be on their way.
+        let after = match config.policy()? {
+            PermanentErrorPolicy::Stop => AfterPermanentFailure::Stop,
+            PermanentErrorPolicy::DeadLetter => AfterPermanentFailure::Continue,
+        };
         match config.sink.kind {
-            SinkKind::Kafka => kafka::build(config, deliveries).map(AnySink::Kafka),
+            SinkKind::Kafka => kafka::build(config, deliveries, after).map(AnySink::Kafka),
         }
     }
 }
