@@ -55,7 +55,39 @@ pub async fn run_with_metrics(
 /// (`run --start-lsn`): transactions ending at or before it are skipped. It
 /// may not be older than the slot's confirmed position (Postgres cannot go
 /// back); use `replay` for that window.
+///
+/// When the server moves to another timeline (a failover, a point-in-time
+/// restore), the run starts over from the slot's position on the new
+/// timeline: the checkpoint, written on the old one, is not used to skip.
 pub async fn run_from(
+    config: &Config,
+    metrics: Arc<Metrics>,
+    mut start_lsn: Option<Lsn>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Summary, RunError> {
+    tokio::pin!(shutdown);
+    let mut shut_down = false;
+    loop {
+        // Polled again after a restart only if it has not resolved yet.
+        let once = std::future::poll_fn(|cx| {
+            if shut_down {
+                return std::task::Poll::Ready(());
+            }
+            let poll = shutdown.as_mut().poll(cx);
+            shut_down = poll.is_ready();
+            poll
+        });
+        match run_once(config, Arc::clone(&metrics), start_lsn, once).await {
+            Err(RunError::Pipeline(PipelineError::Replication(err))) if err.restarts_from_slot() => {
+                tracing::warn!(error = %err, "restarting from the slot's position");
+                start_lsn = None;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn run_once(
     config: &Config,
     metrics: Arc<Metrics>,
     start_lsn: Option<Lsn>,
@@ -112,6 +144,7 @@ pub async fn run_from(
         None => saved.unwrap_or(Lsn::ZERO),
     };
     stream_config.skip_through = start;
+    stream_config.identity = Some(identity.clone());
 
     let (deliveries_tx, deliveries) = mpsc::unbounded_channel();
     let sink = KafkaSink::new(&kafka, deliveries_tx)
@@ -161,6 +194,8 @@ pub async fn run_from(
     }
     if let Some(admin) = admin {
         admin.abort();
+        // Its listener is free once the task is gone (a restart binds it again).
+        let _ = admin.await;
     }
     result
 }
@@ -205,13 +240,17 @@ async fn identify(
 /// ahead of this server's WAL, would skip transactions never delivered.
 ///
 /// * Another system identifier: refused (the file is another cluster's).
-/// * Ahead of the server's current WAL: refused (a restore from backup, or
-///   another server): nothing can have been delivered there.
 /// * Another timeline (failover, point-in-time restore): the history may
 ///   have forked before the position, and the LSNs after the fork hold other
 ///   transactions. The checkpoint is not used to skip: streaming resumes at
 ///   the slot and re-sends from there (duplicates, identifiable by id; never
-///   a loss). Files from versions without an origin are trusted as before.
+///   a loss). Its position may then be ahead of the new timeline's WAL (the
+///   old primary wrote more than the standby received): harmless, as it
+///   skips nothing.
+/// * Ahead of the server's current WAL on the same timeline: refused (a
+///   restore from backup, or another server): nothing can have been
+///   delivered there. Files from versions without an origin are trusted as
+///   before.
 fn trusted_position(
     config: &Config,
     saved: &crate::checkpoint::Checkpoint,
@@ -230,6 +269,16 @@ fn trusted_position(
             );
         }
     }
+    if let Some(origin) = saved.origin.as_ref().filter(|o| o.timeline != identity.timeline) {
+        tracing::warn!(
+            checkpoint = %lsn,
+            checkpoint_timeline = origin.timeline,
+            timeline = identity.timeline,
+            "the checkpoint was written on another timeline (failover or restore): not skipping by it; \
+             events after the slot's position are re-sent"
+        );
+        return Ok(None);
+    }
     if lsn > identity.xlogpos {
         anyhow::bail!(
             "the checkpoint {path} is at {lsn}, ahead of this server's WAL ({}): the server was restored \
@@ -239,19 +288,7 @@ fn trusted_position(
             identity.xlogpos
         );
     }
-    match &saved.origin {
-        Some(origin) if origin.timeline != identity.timeline => {
-            tracing::warn!(
-                checkpoint = %lsn,
-                checkpoint_timeline = origin.timeline,
-                timeline = identity.timeline,
-                "the checkpoint was written on another timeline (failover or restore): not skipping by it; \
-                 events after the slot's position are re-sent"
-            );
-            Ok(None)
-        }
-        _ => Ok(Some(lsn)),
-    }
+    Ok(Some(lsn))
 }
 
 /// Once a second: metrics that are sampled rather than counted. Every ten

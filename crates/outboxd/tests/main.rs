@@ -2,5 +2,6 @@
 //! pipeline in process or the `outboxd` binary as a child process.
 
 mod e2e;
+mod failover;
 mod ops;
 mod support;

@@ -32,6 +32,8 @@ pub(crate) struct Env {
     pub(crate) topic: String,
     pub(crate) dir: tempfile::TempDir,
     pub(crate) extra_config: String,
+    /// `postgres.url` when not the cluster's own (e.g. through a fault proxy).
+    pub(crate) postgres_url: Option<String>,
 }
 
 impl Env {
@@ -63,6 +65,7 @@ impl Env {
             topic,
             dir: tempfile::tempdir().unwrap(),
             extra_config: extra,
+            postgres_url: None,
         };
         let output = env.command(&["setup", "--create-table"]).output().unwrap();
         assert!(
@@ -108,7 +111,9 @@ impl Env {
             "[postgres]\nurl = \"{}\"\nstatus_interval_ms = 200\n\n[kafka]\nbrokers = \"{}\"\ndrain_timeout_ms = 20000\n\n\
              [checkpoint]\npath = \"{}\"\n\n[log]\nlevel = \"info\"\n\n\
              [admin]\nlisten = \"127.0.0.1:0\"\nstall_threshold_ms = 1000\n{}\n",
-            self.pg.url("postgres", "postgres"),
+            self.postgres_url
+                .clone()
+                .unwrap_or_else(|| self.pg.url("postgres", "postgres")),
             self.bootstrap(),
             self.checkpoint_path().display(),
             self.extra_config

@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 use crate::assembler::{Assembler, StreamError};
 use crate::catalog::{self, CheckError};
 use crate::config::ReplicationConfig;
-use crate::connection::{CopyBoth, ReplicationConnection};
+use crate::connection::{CopyBoth, ReplicationConnection, SystemIdentity};
 use crate::error::Error;
 use crate::event::{OutboxTable, ReplicationEvent};
 use crate::progress::{AckHandle, Progress};
@@ -74,6 +74,13 @@ pub struct StreamConfig {
     /// when the connection closes: a replay reads the same changes as the
     /// service without touching the service's slot.
     pub copy_from: Option<String>,
+    /// The cluster and timeline the caller's positions (`skip_through`, its
+    /// checkpoint) belong to, from its own `IDENTIFY_SYSTEM`; `None`: the
+    /// first connection's. Every connection, reconnects included, runs
+    /// `IDENTIFY_SYSTEM` and stops the stream when the server is another
+    /// cluster ([`ReplicationError::OtherCluster`]) or on another timeline
+    /// ([`ReplicationError::TimelineChanged`]).
+    pub identity: Option<SystemIdentity>,
 }
 
 impl StreamConfig {
@@ -96,6 +103,7 @@ impl StreamConfig {
             reconnect_max: Duration::from_secs(30),
             reconnect: true,
             copy_from: None,
+            identity: None,
         }
     }
 }
@@ -170,9 +178,44 @@ pub enum ReplicationError {
         /// Where the slot is.
         confirmed: Lsn,
     },
+    /// The server is on another timeline than the one streamed from: a
+    /// failover to a promoted standby, or a point-in-time restore. Positions
+    /// handed out on the old timeline may name other transactions on the new
+    /// one (the histories fork), so nothing may be skipped or acknowledged by
+    /// them: the caller starts a new stream from the slot's position on the
+    /// new timeline, with no checkpoint to skip by (what follows the slot's
+    /// position is re-sent: duplicates, never a gap). See
+    /// [`ReplicationError::restarts_from_slot`].
+    #[error("PostgreSQL is now on timeline {found}, outboxd streamed from timeline {streamed} (a failover or a point-in-time restore): positions of the old timeline mean nothing on the new one, so streaming restarts from the slot's position, re-sending what follows it")]
+    TimelineChanged {
+        /// The timeline streamed from.
+        streamed: u32,
+        /// The server's timeline now.
+        found: u32,
+    },
+    /// The server answering is another PostgreSQL cluster than the one
+    /// streamed from (an address now pointing elsewhere, a cluster rebuilt
+    /// from scratch): its slot says nothing about what was delivered.
+    #[error("the server now answering is another PostgreSQL cluster (system identifier {found}; outboxd streamed from {streamed}): its slot positions say nothing about what outboxd delivered. Point postgres.url back at the cluster outboxd streams from; if this cluster is meant to replace it (rebuilt, not a promoted standby of it), create its slot with `outboxd setup`, move the checkpoint file away, start outboxd again and re-publish the outbox rows written in between")]
+    OtherCluster {
+        /// System identifier streamed from.
+        streamed: String,
+        /// System identifier of the server now.
+        found: String,
+    },
     /// The stream task ended unexpectedly.
     #[error("replication task failed: {0}")]
     Task(String),
+}
+
+impl ReplicationError {
+    /// Whether a new stream, started from the slot's position with nothing
+    /// skipped by earlier positions, goes on correctly (a new timeline).
+    /// Every other error stops: transient failures are retried inside the
+    /// stream, so what reaches the caller needs a human.
+    pub fn restarts_from_slot(&self) -> bool {
+        matches!(self, ReplicationError::TimelineChanged { .. })
+    }
 }
 
 /// A running replication stream. See the module notes.
@@ -306,6 +349,8 @@ struct Runner {
     pending: VecDeque<ReplicationEvent>,
     backoff: Duration,
     connected_once: bool,
+    /// The cluster and timeline streamed from (see `StreamConfig::identity`).
+    identity: Option<SystemIdentity>,
 }
 
 impl Runner {
@@ -334,6 +379,7 @@ impl Runner {
             pending: VecDeque::with_capacity(2),
             backoff,
             connected_once: false,
+            identity: config.identity.clone(),
             config,
         }
     }
@@ -433,6 +479,10 @@ impl Runner {
         let mut conn = ReplicationConnection::connect(&config.connection)
             .await
             .map_err(Attempt::from_connection)?;
+        // The same cluster and timeline on every (re)connect: after a
+        // failover the positions we hold belong to the old timeline.
+        let identity = conn.identify_system().await.map_err(Attempt::from_connection)?;
+        check_identity(&mut self.identity, &identity).map_err(Attempt::Definite)?;
         // Catalog checks on every (re)connect: a slot dropped while we were away
         // is a definite error, never a reason to make a new one.
         let client = config
@@ -606,6 +656,31 @@ impl Runner {
         self.stats.last_status_unix_ms.store(unix_ms, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// Compares the server's identity with the one streamed from (recording
+/// it at the first connection).
+fn check_identity(
+    origin: &mut Option<SystemIdentity>,
+    found: &SystemIdentity,
+) -> Result<(), ReplicationError> {
+    let Some(streamed) = origin.as_ref() else {
+        *origin = Some(found.clone());
+        return Ok(());
+    };
+    if streamed.system_id != found.system_id {
+        return Err(ReplicationError::OtherCluster {
+            streamed: streamed.system_id.clone(),
+            found: found.system_id.clone(),
+        });
+    }
+    if streamed.timeline != found.timeline {
+        return Err(ReplicationError::TimelineChanged {
+            streamed: streamed.timeline,
+            found: found.timeline,
+        });
+    }
+    Ok(())
 }
 
 fn lost(err: Error) -> Result<SessionEnd, ReplicationError> {

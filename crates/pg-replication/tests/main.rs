@@ -2,6 +2,7 @@
 
 mod connection;
 mod copy_both;
+mod failover;
 mod payloads;
 mod positions;
 mod streaming;
