@@ -138,6 +138,12 @@ pub struct PostgresConfig {
     /// Status update interval in milliseconds (capped at half the server's
     /// `wal_sender_timeout`).
     pub status_interval_ms: u64,
+    /// Bytes of decoded events (their column values) held between the
+    /// replication stream and the pipeline; when full, reading from
+    /// PostgreSQL pauses. With the Kafka producer's queue
+    /// (`queue.buffering.max.kbytes`) it bounds memory while the broker is
+    /// slow or down.
+    pub buffer_bytes: u64,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -150,6 +156,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("tables", &self.tables)
             .field("message_prefix", &self.message_prefix)
             .field("status_interval_ms", &self.status_interval_ms)
+            .field("buffer_bytes", &self.buffer_bytes)
             .finish()
     }
 }
@@ -181,6 +188,11 @@ pub fn redact_url(url: &str) -> String {
         .join(" ")
 }
 
+/// The smallest `postgres.buffer_bytes`: a few small events.
+const MIN_BUFFER_BYTES: u64 = 64 * 1024;
+/// The largest `postgres.buffer_bytes` (the budget is counted in `u32`).
+const MAX_BUFFER_BYTES: u64 = u32::MAX as u64;
+
 impl Default for PostgresConfig {
     fn default() -> Self {
         PostgresConfig {
@@ -191,6 +203,7 @@ impl Default for PostgresConfig {
             tables: vec!["public.outbox".into()],
             message_prefix: None,
             status_interval_ms: 1000,
+            buffer_bytes: pg_replication::DEFAULT_BUFFER_BYTES as u64,
         }
     }
 }
@@ -470,6 +483,7 @@ impl Config {
         stream.tables = self.tables()?;
         stream.message_prefix = self.postgres.message_prefix.clone();
         stream.status_interval = Duration::from_millis(self.postgres.status_interval_ms.max(10));
+        stream.buffer_bytes = usize::try_from(self.postgres.buffer_bytes).unwrap_or(usize::MAX);
         Ok(stream)
     }
 
@@ -514,6 +528,13 @@ impl Config {
         self.tables()?;
         self.routing()?;
         self.kafka()?;
+        if !(MIN_BUFFER_BYTES..=MAX_BUFFER_BYTES).contains(&self.postgres.buffer_bytes) {
+            bail!(
+                "postgres.buffer_bytes = {} is out of range: it must be between {MIN_BUFFER_BYTES} (64 KiB) \
+                 and {MAX_BUFFER_BYTES} (4 GiB - 1)",
+                self.postgres.buffer_bytes
+            );
+        }
         if self.kafka.on_permanent_error == PermanentErrorPolicy::DeadLetter
             && self.kafka.dead_letter_topic.is_empty()
         {

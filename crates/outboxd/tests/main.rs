@@ -3,5 +3,6 @@
 
 mod e2e;
 mod failover;
+mod memory;
 mod ops;
 mod support;

@@ -34,6 +34,8 @@ pub(crate) struct Env {
     pub(crate) extra_config: String,
     /// `postgres.url` when not the cluster's own (e.g. through a fault proxy).
     pub(crate) postgres_url: Option<String>,
+    /// More `[postgres]` keys, one per line.
+    pub(crate) postgres_settings: String,
 }
 
 impl Env {
@@ -66,6 +68,7 @@ impl Env {
             dir: tempfile::tempdir().unwrap(),
             extra_config: extra,
             postgres_url: None,
+            postgres_settings: String::new(),
         };
         let output = env.command(&["setup", "--create-table"]).output().unwrap();
         assert!(
@@ -108,12 +111,13 @@ impl Env {
     fn config_path(&self) -> PathBuf {
         let path = self.dir.path().join("outboxd.toml");
         let text = format!(
-            "[postgres]\nurl = \"{}\"\nstatus_interval_ms = 200\n\n[kafka]\nbrokers = \"{}\"\ndrain_timeout_ms = 20000\n\n\
+            "[postgres]\nurl = \"{}\"\nstatus_interval_ms = 200\n{}\n\n[kafka]\nbrokers = \"{}\"\ndrain_timeout_ms = 20000\n\n\
              [checkpoint]\npath = \"{}\"\n\n[log]\nlevel = \"info\"\n\n\
              [admin]\nlisten = \"127.0.0.1:0\"\nstall_threshold_ms = 1000\n{}\n",
             self.postgres_url
                 .clone()
                 .unwrap_or_else(|| self.pg.url("postgres", "postgres")),
+            self.postgres_settings,
             self.bootstrap(),
             self.checkpoint_path().display(),
             self.extra_config

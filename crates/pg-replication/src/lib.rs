@@ -35,4 +35,6 @@ pub use event::{
     OutboxInsert, OutboxMessage, OutboxTable, ReplicationEvent, TransactionBegin, TransactionCommit,
 };
 pub use progress::AckHandle;
-pub use stream::{ReplicationError, ReplicationStream, StreamConfig, StreamStats, PROTOCOL_VERSION};
+pub use stream::{
+    ReplicationError, ReplicationStream, StreamConfig, StreamStats, DEFAULT_BUFFER_BYTES, PROTOCOL_VERSION,
+};

@@ -8,9 +8,14 @@
 //!      └── status updates ◀─┴── timer + AckHandle ◀─────────┘ ack(end_lsn)
 //! ```
 //!
-//! Backpressure: the task holds at most the events of one frame (two) while
-//! the channel is full, and stops reading the socket meanwhile; TCP then stops
-//! the walsender. Status updates keep going on their timer whatever the
+//! Backpressure: the channel is bounded twice, in events
+//! (`channel_capacity`) and in bytes (`buffer_bytes`, counting the column
+//! values and message contents of the events it holds: a row is held as the
+//! bytes of its values). The task holds at most the events of one frame
+//! (two) while the channel is full, and stops reading the socket meanwhile;
+//! TCP then stops the walsender. So what waits between the server and the
+//! consumer is at most `buffer_bytes`, plus one frame, plus one event larger
+//! than the whole budget (it is let through alone, never split or refused). Status updates keep going on their timer whatever the
 //! consumer does, so a stalled downstream never times the walsender out.
 
 use std::collections::hash_map::RandomState;
@@ -22,7 +27,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use pgoutput::{Decoder, Lsn, PgTimestamp, ReplicationMessage};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -39,6 +44,38 @@ use crate::progress::{AckHandle, Progress};
 /// sends each transaction whole, at commit, in commit order — rolled-back work
 /// never reaches us.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Default of [`StreamConfig::buffer_bytes`]: 16 MiB.
+pub const DEFAULT_BUFFER_BYTES: usize = 16 * 1024 * 1024;
+
+/// Bytes counted for an event besides its values (and for Begin and Commit).
+const EVENT_OVERHEAD: usize = 64;
+
+/// What an event holds in memory, for the byte budget: its values (slices of
+/// the frame it came in) and a little bookkeeping.
+fn event_bytes(event: &ReplicationEvent) -> usize {
+    let values = match event {
+        ReplicationEvent::Insert(insert) => insert
+            .row
+            .columns
+            .iter()
+            .map(|value| match value {
+                pgoutput::ColumnValue::Text(bytes) | pgoutput::ColumnValue::Binary(bytes) => bytes.len(),
+                _ => 0,
+            })
+            .sum(),
+        ReplicationEvent::Message(message) => message.content.len() + message.prefix.len(),
+        _ => 0,
+    };
+    values + EVENT_OVERHEAD
+}
+
+/// What the channel carries: an event (or the final error) and its share of
+/// the byte budget, returned when the consumer takes it.
+type Item = (
+    Result<ReplicationEvent, ReplicationError>,
+    Option<OwnedSemaphorePermit>,
+);
 
 /// What to stream and how.
 #[derive(Debug, Clone)]
@@ -62,6 +99,9 @@ pub struct StreamConfig {
     pub status_interval: Duration,
     /// Events buffered between the task and the consumer.
     pub channel_capacity: usize,
+    /// Bytes of events (column values, message contents) buffered between
+    /// the task and the consumer; see the module notes.
+    pub buffer_bytes: usize,
     /// First reconnect delay; doubles up to `reconnect_max` (with jitter).
     pub reconnect_initial: Duration,
     /// Longest reconnect delay.
@@ -84,7 +124,8 @@ pub struct StreamConfig {
 }
 
 impl StreamConfig {
-    /// Defaults: 1 s status interval, 1024 buffered events, reconnects from 100 ms to 30 s.
+    /// Defaults: 1 s status interval, 1024 buffered events of at most
+    /// [`DEFAULT_BUFFER_BYTES`] together, reconnects from 100 ms to 30 s.
     pub fn new(
         connection: ReplicationConfig,
         slot: impl Into<String>,
@@ -99,6 +140,7 @@ impl StreamConfig {
             skip_through: Lsn::ZERO,
             status_interval: Duration::from_secs(1),
             channel_capacity: 1024,
+            buffer_bytes: DEFAULT_BUFFER_BYTES,
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(30),
             reconnect: true,
@@ -221,7 +263,7 @@ impl ReplicationError {
 /// A running replication stream. See the module notes.
 #[derive(Debug)]
 pub struct ReplicationStream {
-    events: mpsc::Receiver<Result<ReplicationEvent, ReplicationError>>,
+    events: mpsc::Receiver<Item>,
     ack: AckHandle,
     stats: Arc<StreamStats>,
     shutdown: watch::Sender<bool>,
@@ -253,7 +295,8 @@ impl ReplicationStream {
     /// The next event; `None` once the stream has stopped. A definite error is
     /// yielded once, then `None`.
     pub async fn next(&mut self) -> Option<Result<ReplicationEvent, ReplicationError>> {
-        self.events.recv().await
+        // Dropping the permit returns the event's bytes to the budget.
+        self.events.recv().await.map(|(event, _bytes)| event)
     }
 
     /// The handle to report delivered positions with.
@@ -343,7 +386,9 @@ struct Runner {
     /// A fresh decoder for each connection.
     decoder: Decoder,
     stats: Arc<StreamStats>,
-    tx: mpsc::Sender<Result<ReplicationEvent, ReplicationError>>,
+    tx: mpsc::Sender<Item>,
+    /// The byte budget of the channel, one permit per byte.
+    budget: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
     /// Events of the last frame not yet taken by the channel (at most two).
     pending: VecDeque<ReplicationEvent>,
@@ -359,7 +404,7 @@ impl Runner {
         decoder: Decoder,
         ack: AckHandle,
         stats: Arc<StreamStats>,
-        tx: mpsc::Sender<Result<ReplicationEvent, ReplicationError>>,
+        tx: mpsc::Sender<Item>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let assembler = Assembler::new(
@@ -375,6 +420,7 @@ impl Runner {
             decoder,
             stats,
             tx,
+            budget: Arc::new(Semaphore::new(budget_permits(config.buffer_bytes) as usize)),
             shutdown,
             pending: VecDeque::with_capacity(2),
             backoff,
@@ -391,7 +437,7 @@ impl Runner {
                 Err(err) => {
                     // Definite: the consumer hears of it once; nothing past it is acked.
                     let message = err.to_string();
-                    let _ = self.tx.send(Err(err)).await;
+                    let _ = self.tx.send((Err(err), None)).await;
                     return Err(ReplicationError::Task(message));
                 }
             };
@@ -401,7 +447,7 @@ impl Runner {
                     session.close().await;
                     let err = ReplicationError::Connection(err);
                     let message = err.to_string();
-                    let _ = self.tx.send(Err(err)).await;
+                    let _ = self.tx.send((Err(err), None)).await;
                     return Err(ReplicationError::Task(message));
                 }
                 SessionEnd::Lost(err) => {
@@ -416,7 +462,7 @@ impl Runner {
                         Ok(None) => return Ok(()),
                         Err(err) => {
                             let message = err.to_string();
-                            let _ = self.tx.send(Err(err)).await;
+                            let _ = self.tx.send((Err(err), None)).await;
                             return Err(ReplicationError::Task(message));
                         }
                     };
@@ -573,6 +619,8 @@ impl Runner {
         // Local handles, so the select! futures do not borrow `self`.
         let mut shutdown = self.shutdown.clone();
         let tx = self.tx.clone();
+        let budget = Arc::clone(&self.budget);
+        let budget_size = budget_permits(self.config.buffer_bytes) as usize;
         let mut ticker = tokio::time::interval(session.status_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -594,10 +642,13 @@ impl Runner {
                         return lost(err);
                     }
                 }
-                permit = tx.reserve(), if !self.pending.is_empty() => {
-                    let Ok(permit) = permit else { return Ok(SessionEnd::Shutdown) };
+                // Room for the next event: its bytes in the budget, then a
+                // slot. Cancel-safe: dropped by another branch, neither is kept.
+                room = reserve(&tx, &budget, self.pending.front().map_or(0, event_bytes).min(budget_size)),
+                    if !self.pending.is_empty() => {
+                    let Some((slot, bytes)) = room else { return Ok(SessionEnd::Shutdown) };
                     if let Some(event) = self.pending.pop_front() {
-                        permit.send(Ok(event));
+                        slot.send((Ok(event), Some(bytes)));
                     }
                 }
                 frame = session.copy.recv(), if self.pending.is_empty() => {
@@ -681,6 +732,26 @@ fn check_identity(
         });
     }
     Ok(())
+}
+
+/// The budget in permits, one per byte (one acquisition takes at most
+/// `u32::MAX` permits).
+fn budget_permits(buffer_bytes: usize) -> u32 {
+    u32::try_from(buffer_bytes).unwrap_or(u32::MAX).max(1)
+}
+
+/// Waits until `bytes` (at most the whole budget: a larger event waits until
+/// the budget is all free, then passes alone) fit in the budget and the
+/// channel has a slot; `None` if the consumer is gone.
+async fn reserve<'a>(
+    tx: &'a mpsc::Sender<Item>,
+    budget: &Arc<Semaphore>,
+    bytes: usize,
+) -> Option<(mpsc::Permit<'a, Item>, OwnedSemaphorePermit)> {
+    let wanted = u32::try_from(bytes).unwrap_or(u32::MAX).max(1);
+    let bytes = Arc::clone(budget).acquire_many_owned(wanted).await.ok()?;
+    let slot = tx.reserve().await.ok()?;
+    Some((slot, bytes))
 }
 
 fn lost(err: Error) -> Result<SessionEnd, ReplicationError> {

@@ -1,5 +1,6 @@
 //! pg-replication's integration tests, in one binary, against throwaway clusters.
 
+mod budget;
 mod connection;
 mod copy_both;
 mod failover;
