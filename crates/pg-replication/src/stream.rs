@@ -15,8 +15,15 @@
 //! (two) while the channel is full, and stops reading the socket meanwhile;
 //! TCP then stops the walsender. So what waits between the server and the
 //! consumer is at most `buffer_bytes`, plus one frame, plus one event larger
-//! than the whole budget (it is let through alone, never split or refused). Status updates keep going on their timer whatever the
-//! consumer does, so a stalled downstream never times the walsender out.
+//! than the whole budget (it is let through alone, never split or refused).
+//! Status updates keep going on their timer whatever the consumer does, so a
+//! stalled downstream never times the walsender out.
+//!
+//! Publication changes: while streaming, a second task re-checks on a timer
+//! that the publication still publishes every row of every outbox table
+//! under its configured name, and nothing is confirmed past the last
+//! position it verified (see `progress.rs`); a rename seen in a Relation
+//! message stops the stream at once.
 
 use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
@@ -326,12 +333,98 @@ struct Session {
     copy: CopyBoth,
     status_interval: Duration,
     pings: PingBurst,
+    /// Results of the publication re-checks (see [`watch_publication`]).
+    checks: mpsc::Receiver<Result<Lsn, catalog::SetupError>>,
+    watcher: JoinHandle<()>,
 }
 
 impl Session {
     /// Closes the connection and releases the socket.
     async fn close(&mut self) {
+        self.watcher.abort();
         self.copy.close().await;
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+/// Shortest time between two publication re-checks.
+const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// One publication check on a new catalog connection, within
+/// [`FINAL_CHECK_TIMEOUT`]: the position it verified, if it passed.
+async fn verify_once(config: &StreamConfig) -> Option<Lsn> {
+    let check = async {
+        let client = config.connection.connect_catalog().await.ok()?;
+        let position = client
+            .query_one("select pg_current_wal_lsn()::text", &[])
+            .await
+            .ok()?
+            .get::<_, String>(0)
+            .parse::<Lsn>()
+            .ok()?;
+        catalog::verify_publication(&client, &config.publication, &config.tables)
+            .await
+            .ok()?;
+        Some(position)
+    };
+    tokio::time::timeout(FINAL_CHECK_TIMEOUT, check)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// How long a shutdown waits for its last publication check.
+const FINAL_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Re-checks the publication every `interval` on the catalog connection
+/// (reconnecting it when it breaks) and reports each passing check with
+/// the server's WAL position taken just before it; a failing check is
+/// reported, and ends the task.
+async fn watch_publication(
+    config: StreamConfig,
+    mut client: Option<tokio_postgres::Client>,
+    interval: Duration,
+    results: mpsc::Sender<Result<Lsn, catalog::SetupError>>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if client.as_ref().map_or(true, |c| c.is_closed()) {
+            client = config.connection.connect_catalog().await.ok();
+        }
+        let Some(c) = &client else { continue };
+        let position = c
+            .query_one("select pg_current_wal_lsn()::text", &[])
+            .await
+            .ok()
+            .and_then(|row| row.get::<_, String>(0).parse::<Lsn>().ok());
+        let Some(position) = position else {
+            client = None;
+            continue;
+        };
+        match catalog::verify_publication(c, &config.publication, &config.tables).await {
+            Ok(()) => {
+                if results.send(Ok(position)).await.is_err() {
+                    return;
+                }
+            }
+            Err(CheckError::Setup(err)) => {
+                let _ = results.send(Err(err)).await;
+                return;
+            }
+            Err(CheckError::Query(err)) if err.is_transient() => client = None,
+            Err(CheckError::Query(err)) => {
+                let _ = results.send(Err(err.into())).await;
+                return;
+            }
+        }
     }
 }
 
@@ -570,6 +663,8 @@ impl Runner {
             self.assembler
                 .reconnect(self.decoder.clone(), self.progress.handed_out().max(resume));
         }
+        // The publication was verified after IDENTIFY_SYSTEM reported this position.
+        self.progress.verified_through(identity.xlogpos);
         let requested = self.progress.resume_position();
 
         let options = [
@@ -600,10 +695,19 @@ impl Runner {
               status_interval_ms = status_interval.as_millis() as u64, "replication started");
         self.connected_once = true;
         self.backoff = config.reconnect_initial;
+        let (checks_tx, checks) = mpsc::channel(1);
+        let watcher = tokio::spawn(watch_publication(
+            config.clone(),
+            Some(client),
+            status_interval.max(MIN_CHECK_INTERVAL),
+            checks_tx,
+        ));
         Ok(Session {
             copy,
             status_interval,
             pings: PingBurst::new(),
+            checks,
+            watcher,
         })
     }
 
@@ -627,7 +731,12 @@ impl Runner {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
-                    // Final status update with everything acked so far, then close.
+                    // Final status update with everything acked so far (verified
+                    // once more, so the cap does not hold back the last acks),
+                    // then close.
+                    if let Some(position) = verify_once(&self.config).await {
+                        self.progress.verified_through(position);
+                    }
                     if let Err(err) = self.send_status(session, false).await {
                         debug!(error = %err, "final status update failed");
                     }
@@ -642,6 +751,10 @@ impl Runner {
                         return lost(err);
                     }
                 }
+                Some(check) = session.checks.recv() => match check {
+                    Ok(position) => self.progress.verified_through(position),
+                    Err(err) => return Err(ReplicationError::Setup(err)),
+                },
                 // Room for the next event: its bytes in the budget, then a
                 // slot. Cancel-safe: dropped by another branch, neither is kept.
                 room = reserve(&tx, &budget, self.pending.front().map_or(0, event_bytes).min(budget_size)),

@@ -6,6 +6,7 @@ mod copy_both;
 mod failover;
 mod payloads;
 mod positions;
+mod publication_changes;
 mod streaming;
 mod support;
 mod tls;
