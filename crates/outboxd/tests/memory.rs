@@ -113,6 +113,9 @@ async fn broker_down_with_small_rows_keeps_peak_rss_under_64_mib_by_default() {
         .unwrap();
     let peak = settled_peak(outboxd.pid(), Duration::from_secs(8), Duration::from_secs(90)).await;
     outboxd.kill9();
-    println!("peak RSS {:.1} MiB with the broker down (150,000 rows of ~300 bytes, default settings)", mib(peak));
+    println!(
+        "peak RSS {:.1} MiB with the broker down (150,000 rows of ~300 bytes, default settings)",
+        mib(peak)
+    );
     assert!(peak < 64 * 1024 * 1024, "peak RSS {:.1} MiB", mib(peak));
 }

@@ -345,3 +345,48 @@ async fn stalled_consumer_does_not_block_a_fast_shutdown_of_postgres() {
     wait_for_confirmed(&observer, next.commit.end_lsn).await;
     stream.shutdown().await.unwrap();
 }
+
+/// Network loss, without stopping the server: every connection through a
+/// fault proxy is cut mid-stream, three times, and comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_cut_mid_stream_reconnects_without_loss() {
+    let cluster = cluster_with_outbox().await;
+    let proxy = testkit::FaultProxy::start(("127.0.0.1", cluster.port())).unwrap();
+    let mut config = stream_config(&cluster);
+    config.connection = format!("postgresql://postgres@127.0.0.1:{}/postgres", proxy.port())
+        .parse()
+        .unwrap();
+    let mut stream = ReplicationStream::start(config).await.unwrap();
+    let ack = stream.ack_handle();
+    let mut app = cluster.connect().await.unwrap();
+    let mut written = Vec::new();
+    let mut received = Vec::new();
+    for batch in 0..3 {
+        for t in 0..20 {
+            let ids: Vec<String> = (0..5).map(|i| format!("{batch}-{t}-{i}")).collect();
+            insert_tx(&mut app, &ids).await;
+            written.extend(ids);
+        }
+        while received.len() < written.len() - 50 {
+            let tx = next_tx(&mut stream).await;
+            received.extend(tx.aggregate_ids());
+            ack.ack(tx.commit.end_lsn);
+        }
+        proxy.cut();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        proxy.pass();
+    }
+    while received.len() < written.len() {
+        let tx = next_tx(&mut stream).await;
+        received.extend(tx.aggregate_ids());
+        ack.ack(tx.commit.end_lsn);
+    }
+    assert_quiet(&mut stream, Duration::from_millis(500)).await;
+    assert!(
+        stream.stats().reconnects() >= 3,
+        "reconnects {}",
+        stream.stats().reconnects()
+    );
+    stream.shutdown().await.unwrap();
+    assert_no_loss_no_duplicates(&written, &received);
+}
