@@ -332,6 +332,9 @@ impl ReplicationStream {
 struct Session {
     copy: CopyBoth,
     status_interval: Duration,
+    /// A server that sends nothing for this long, even when asked for a
+    /// reply, is treated as gone (see `stream_session`).
+    silence_limit: Duration,
     pings: PingBurst,
     /// Results of the publication re-checks (see [`watch_publication`]).
     checks: mpsc::Receiver<Result<Lsn, catalog::SetupError>>,
@@ -351,6 +354,9 @@ impl Drop for Session {
         self.watcher.abort();
     }
 }
+
+/// How long a silent server is waited for when `wal_sender_timeout` is off.
+const DEFAULT_SILENCE_LIMIT: Duration = Duration::from_secs(60);
 
 /// Shortest time between two publication re-checks.
 const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
@@ -642,14 +648,18 @@ impl Runner {
             .await
             .map_err(Attempt::from_connection)?;
         }
-        let status_interval = match conn
+        let wal_sender_timeout = conn
             .wal_sender_timeout()
             .await
             .map_err(Attempt::from_connection)?
-        {
-            Some(timeout) if !timeout.is_zero() => config.status_interval.min(timeout / 2),
-            _ => config.status_interval,
+            .filter(|timeout| !timeout.is_zero());
+        let status_interval = match wal_sender_timeout {
+            Some(timeout) => config.status_interval.min(timeout / 2),
+            None => config.status_interval,
         };
+        let silence_limit = wal_sender_timeout
+            .unwrap_or(DEFAULT_SILENCE_LIMIT)
+            .max(status_interval * 2);
 
         if !self.connected_once {
             let confirmed = slot.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
@@ -705,6 +715,7 @@ impl Runner {
         Ok(Session {
             copy,
             status_interval,
+            silence_limit,
             pings: PingBurst::new(),
             checks,
             watcher,
@@ -727,6 +738,7 @@ impl Runner {
         let budget_size = budget_permits(self.config.buffer_bytes) as usize;
         let mut ticker = tokio::time::interval(session.status_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_frame = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 biased;
@@ -746,8 +758,25 @@ impl Runner {
                 // The stream was dropped without shutdown(): stop like a crash
                 // would, without a final status update.
                 _ = tx.closed() => return Ok(SessionEnd::Shutdown),
+                // A server (or a network path) that hangs without closing the
+                // connection: TCP keepalives do not notice a peer whose kernel
+                // still acknowledges. An idle walsender sends nothing, so when
+                // it has been quiet for a status interval we ask it for a reply
+                // (it answers with a keepalive at once); silent past the limit,
+                // it is gone, and we reconnect.
                 _ = ticker.tick() => {
-                    if let Err(err) = self.send_status(session, false).await {
+                    if !self.pending.is_empty() {
+                        // Not reading (the consumer is behind): silence is ours.
+                        last_frame = tokio::time::Instant::now();
+                    }
+                    let quiet = last_frame.elapsed();
+                    if quiet > session.silence_limit {
+                        return lost(Error::Closed(format!(
+                            " (by us: the server sent nothing for {} s, not even when asked to reply)",
+                            quiet.as_secs()
+                        )));
+                    }
+                    if let Err(err) = self.send_status(session, quiet >= session.status_interval).await {
                         return lost(err);
                     }
                 }
@@ -772,6 +801,7 @@ impl Runner {
                         Err(err) => return Err(ReplicationError::Connection(err)),
                     };
                     self.stats.frames.fetch_add(1, Ordering::Relaxed);
+                    last_frame = tokio::time::Instant::now();
                     let message = ReplicationMessage::parse(&frame)
                         .map_err(|source| StreamError::Decode { lsn: self.progress.received(), source })?;
                     match message {
