@@ -102,7 +102,7 @@ pub(crate) struct Report {
 }
 
 /// The settings the benchmark runs outboxd with: the defaults (librdkafka's
-/// queue bounded at 32 MiB / 100k records, `linger.ms=5`), no admin server,
+/// queue bounded at 32 MiB / 10k records, `linger.ms=5`), no admin server,
 /// and status updates every 10 ms instead of every second so that "the slot
 /// is acknowledged" is observed within 10 ms of outboxd deciding it (with the
 /// default the drain figures would include up to a second of waiting).

@@ -147,6 +147,12 @@ pub struct PostgresConfig {
     /// Send the password when the server asks for it in clear text over a
     /// TCP connection without TLS (refused by default).
     pub allow_cleartext_password: bool,
+    /// Bytes of decoded events (their column values) held between the
+    /// replication stream and the pipeline; when full, reading from
+    /// PostgreSQL pauses. With the Kafka producer's queue
+    /// (`queue.buffering.max.kbytes`) it bounds memory while the broker is
+    /// slow or down.
+    pub buffer_bytes: u64,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -160,6 +166,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("message_prefix", &self.message_prefix)
             .field("status_interval_ms", &self.status_interval_ms)
             .field("allow_cleartext_password", &self.allow_cleartext_password)
+            .field("buffer_bytes", &self.buffer_bytes)
             .finish()
     }
 }
@@ -167,6 +174,11 @@ impl std::fmt::Debug for PostgresConfig {
 /// The connection string (any URL) as it may be shown: the one redaction
 /// function, [`outbox_core::redact::redact`], under the name callers used.
 pub use outbox_core::redact::redact as redact_url;
+
+/// The smallest `postgres.buffer_bytes`: a few small events.
+const MIN_BUFFER_BYTES: u64 = 64 * 1024;
+/// The largest `postgres.buffer_bytes` (the budget is counted in `u32`).
+const MAX_BUFFER_BYTES: u64 = u32::MAX as u64;
 
 impl Default for PostgresConfig {
     fn default() -> Self {
@@ -179,6 +191,7 @@ impl Default for PostgresConfig {
             message_prefix: None,
             status_interval_ms: 1000,
             allow_cleartext_password: false,
+            buffer_bytes: pg_replication::DEFAULT_BUFFER_BYTES as u64,
         }
     }
 }
@@ -529,6 +542,7 @@ impl Config {
         stream.tables = self.tables()?;
         stream.message_prefix = self.postgres.message_prefix.clone();
         stream.status_interval = Duration::from_millis(self.postgres.status_interval_ms.max(10));
+        stream.buffer_bytes = usize::try_from(self.postgres.buffer_bytes).unwrap_or(usize::MAX);
         Ok(stream)
     }
 
@@ -602,6 +616,13 @@ impl Config {
             SinkKind::Kafka => {
                 self.kafka()?;
             }
+        }
+        if !(MIN_BUFFER_BYTES..=MAX_BUFFER_BYTES).contains(&self.postgres.buffer_bytes) {
+            bail!(
+                "postgres.buffer_bytes = {} is out of range: it must be between {MIN_BUFFER_BYTES} (64 KiB) \
+                 and {MAX_BUFFER_BYTES} (4 GiB - 1)",
+                self.postgres.buffer_bytes
+            );
         }
         if self.policy()? == PermanentErrorPolicy::DeadLetter {
             let destination = self.dead_letter();

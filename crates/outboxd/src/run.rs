@@ -57,6 +57,10 @@ pub async fn run_with_metrics(
 /// (`run --start-lsn`): transactions ending at or before it are skipped. It
 /// may not be older than the slot's confirmed position (Postgres cannot go
 /// back); use `replay` for that window.
+///
+/// When the server moves to another timeline (a failover, a point-in-time
+/// restore), the run starts over from the slot's position on the new
+/// timeline: the checkpoint, written on the old one, is not used to skip.
 pub async fn run_from(
     config: &Config,
     metrics: Arc<Metrics>,
@@ -110,6 +114,12 @@ pub async fn run_from(
             Err(RunError::Pipeline(PipelineError::LeaseLost(reason))) => {
                 warn!(reason = %reason, "the lease may be lost: streaming stopped; taking the lease again");
                 metrics.lease_lost();
+            }
+            // Another timeline (a failover, a point-in-time restore): start
+            // over from the slot's position there; the checkpoint, written on
+            // the old timeline, is not used to skip.
+            Err(RunError::Pipeline(PipelineError::Replication(err))) if err.restarts_from_slot() => {
+                warn!(error = %err, "restarting from the slot's position");
             }
             other => return other,
         }
@@ -178,6 +188,7 @@ async fn lead(
         None => saved.unwrap_or(Lsn::ZERO),
     };
     stream_config.skip_through = start;
+    stream_config.identity = Some(identity.clone());
 
     let (deliveries_tx, deliveries) = mpsc::unbounded_channel();
     let sink = AnySink::build(config, deliveries_tx).map_err(RunError::Setup)?;
@@ -278,7 +289,13 @@ async fn identify(
 ///   have forked before the position, and the LSNs after the fork hold other
 ///   transactions. The checkpoint is not used to skip: streaming resumes at
 ///   the slot and re-sends from there (duplicates, identifiable by id; never
-///   a loss). Files from versions without an origin are trusted as before.
+///   a loss). Its position may then be ahead of the new timeline's WAL (the
+///   old primary wrote more than the standby received): harmless, as it
+///   skips nothing.
+/// * Ahead of the server's current WAL on the same timeline: refused (a
+///   restore from backup, or another server): nothing can have been
+///   delivered there. Files from versions without an origin are trusted as
+///   before.
 fn trusted_position(
     config: &Config,
     saved: &crate::checkpoint::Checkpoint,
@@ -318,6 +335,16 @@ fn trusted_position(
             );
         }
     }
+    if let Some(origin) = saved.origin.as_ref().filter(|o| o.timeline != identity.timeline) {
+        tracing::warn!(
+            checkpoint = %lsn,
+            checkpoint_timeline = origin.timeline,
+            timeline = identity.timeline,
+            "the checkpoint was written on another timeline (failover or restore): not skipping by it; \
+             events after the slot's position are re-sent"
+        );
+        return Ok(None);
+    }
     if lsn > identity.xlogpos {
         anyhow::bail!(
             "the checkpoint {path} is at {lsn}, ahead of this server's WAL ({}): the server was restored \
@@ -327,19 +354,7 @@ fn trusted_position(
             identity.xlogpos
         );
     }
-    match &saved.origin {
-        Some(origin) if origin.timeline != identity.timeline => {
-            tracing::warn!(
-                checkpoint = %lsn,
-                checkpoint_timeline = origin.timeline,
-                timeline = identity.timeline,
-                "the checkpoint was written on another timeline (failover or restore): not skipping by it; \
-                 events after the slot's position are re-sent"
-            );
-            Ok(None)
-        }
-        _ => Ok(Some(lsn)),
-    }
+    Ok(Some(lsn))
 }
 
 /// Once a second: metrics that are sampled rather than counted. Every ten

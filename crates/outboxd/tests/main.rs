@@ -6,6 +6,8 @@ mod check;
 mod config;
 mod conformance;
 mod e2e;
+mod failover;
 mod ha;
+mod memory;
 mod ops;
 mod support;

@@ -33,6 +33,10 @@ pub(crate) struct Env {
     pub(crate) topic: String,
     pub(crate) dir: tempfile::TempDir,
     pub(crate) extra_config: String,
+    /// `postgres.url` when not the cluster's own (e.g. through a fault proxy).
+    pub(crate) postgres_url: Option<String>,
+    /// More `[postgres]` keys, one per line.
+    pub(crate) postgres_settings: String,
 }
 
 impl Env {
@@ -64,6 +68,8 @@ impl Env {
             topic,
             dir: tempfile::tempdir().unwrap(),
             extra_config: extra,
+            postgres_url: None,
+            postgres_settings: String::new(),
         };
         let output = env.command(&["setup", "--create-table"]).output().unwrap();
         assert!(
@@ -106,10 +112,13 @@ impl Env {
     fn config_path(&self) -> PathBuf {
         let path = self.dir.path().join("outboxd.toml");
         let text = format!(
-            "[postgres]\nurl = \"{}\"\nstatus_interval_ms = 200\n\n[kafka]\nbrokers = \"{}\"\ndrain_timeout_ms = 20000\n\n\
+            "[postgres]\nurl = \"{}\"\nstatus_interval_ms = 200\n{}\n\n[kafka]\nbrokers = \"{}\"\ndrain_timeout_ms = 20000\n\n\
              [checkpoint]\npath = \"{}\"\n\n[log]\nlevel = \"info\"\n\n\
              [admin]\nlisten = \"127.0.0.1:0\"\nstall_threshold_ms = 1000\n{}\n",
-            self.pg.url("postgres", "postgres"),
+            self.postgres_url
+                .clone()
+                .unwrap_or_else(|| self.pg.url("postgres", "postgres")),
+            self.postgres_settings,
             self.bootstrap(),
             self.checkpoint_path().display(),
             self.extra_config
@@ -230,4 +239,22 @@ pub(crate) fn received(record: &ReadRecord) -> Received {
         value: record.value.clone(),
         headers: record.headers.clone(),
     }
+}
+
+/// Compares what reached Kafka with what was written (see
+/// `testkit::conformance::figures`), checking each record's partition is the
+/// one Java clients pick for its key.
+pub(crate) fn figures(written: &[String], read: &[ReadRecord]) -> testkit::conformance::Figures {
+    for r in read {
+        assert_eq!(
+            r.partition,
+            sink_kafka::java_partition(&r.key, PARTITIONS),
+            "key {} on the wrong partition",
+            r.key_str()
+        );
+    }
+    let received: Vec<Received> = read.iter().map(received).collect();
+    let figures = testkit::conformance::figures(written, &received);
+    eprintln!("written {}, read {}: {figures:?}", written.len(), read.len());
+    figures
 }

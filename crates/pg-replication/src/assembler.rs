@@ -35,6 +35,19 @@ pub enum StreamError {
         /// The relation OID.
         relation_id: Oid,
     },
+    /// An outbox table was renamed: Postgres describes the same relation
+    /// under another name, and its rows would no longer count as outbox events.
+    #[error("outbox table {table} was renamed to {renamed} (relation id {relation_id}, at {lsn}): its rows would no longer be recognised as outbox events. Rename it back (ALTER TABLE {renamed} RENAME TO ...), or put {renamed} in postgres.tables; nothing from here on was acknowledged")]
+    OutboxTableRenamed {
+        /// `wal_start` of the frame.
+        lsn: Lsn,
+        /// The relation OID.
+        relation_id: Oid,
+        /// The configured name.
+        table: String,
+        /// The name Postgres sends now.
+        renamed: String,
+    },
     /// A message out of place: Begin inside a transaction, a change outside
     /// one, streaming or two-phase messages we did not ask for.
     #[error("unexpected {message} at {lsn}: {why}")]
@@ -185,6 +198,27 @@ impl Assembler {
             }
             M::Relation(relation) => {
                 // Relation messages carry LSN 0/0 and never move positions.
+                // A relation that was an outbox table and is described under
+                // another name was renamed: its rows would pass unrecognised.
+                let was_outbox = self
+                    .relations
+                    .get(&relation.id)
+                    .and_then(|old| self.tables.iter().find(|t| t.matches(old)));
+                if let Some(table) = was_outbox {
+                    if !self.tables.iter().any(|t| t.matches(&relation)) {
+                        let schema = if relation.namespace.is_empty() {
+                            "pg_catalog"
+                        } else {
+                            &relation.namespace
+                        };
+                        return Err(StreamError::OutboxTableRenamed {
+                            lsn,
+                            relation_id: relation.id,
+                            table: table.to_string(),
+                            renamed: format!("{schema}.{}", relation.name),
+                        });
+                    }
+                }
                 self.relations.insert(relation.id, Arc::new(relation));
             }
             M::Insert(insert) => {

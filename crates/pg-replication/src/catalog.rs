@@ -90,6 +90,22 @@ pub enum SetupError {
         /// The table.
         table: String,
     },
+    /// The publication publishes only some rows of an outbox table.
+    #[error("publication {publication:?} publishes only the rows of {table} matching WHERE {filter}: outboxd would never see the other rows, and the slot would move past them. Remove the filter: ALTER PUBLICATION {publication} DROP TABLE {table}; ALTER PUBLICATION {publication} ADD TABLE {table}; rows inserted since the filter was set were not delivered: re-publish them from the table")]
+    PublicationRowFilter {
+        /// Publication name.
+        publication: String,
+        /// The table.
+        table: String,
+        /// The row filter, as the server prints it.
+        filter: String,
+    },
+    /// An outbox table does not exist (any more): dropped, or renamed.
+    #[error("outbox table {table} does not exist: it was dropped or renamed. Rename it back (ALTER TABLE ... RENAME TO), or name the table in postgres.tables and make sure the publication includes it; rows inserted under another name were not delivered: re-publish them from the table")]
+    OutboxTableMissing {
+        /// The table.
+        table: String,
+    },
     /// A catalog query failed in a way that retrying will not fix (e.g. permissions).
     #[error("catalog check failed: {0}")]
     Query(String),
@@ -287,7 +303,9 @@ pub async fn verify_slot(client: &Client, slot: &str) -> Result<SlotInfo, CheckE
     Ok(info)
 }
 
-/// Requires that the publication exists and publishes inserts of every outbox table.
+/// Requires that the publication exists and publishes inserts of every
+/// outbox table, all of their rows (no row filter), and that the tables exist
+/// under their configured names.
 pub async fn verify_publication(
     client: &Client,
     publication: &str,
@@ -305,18 +323,48 @@ pub async fn verify_publication(
         })?;
     let publishes_inserts: bool = row.get(0);
     for table in tables {
+        // to_jsonb reads the row filter only where the server has it (15+).
         let member = client
             .query_opt(
-                "select 1 from pg_publication_tables where pubname = $1 and schemaname = $2 and tablename = $3",
+                "select to_jsonb(t) ->> 'rowfilter' from pg_publication_tables t
+                  where pubname = $1 and schemaname = $2 and tablename = $3",
                 &[&publication, &table.schema, &table.name],
             )
             .await
-            .map_err(query_error)?
-            .is_some();
-        if !member || !publishes_inserts {
+            .map_err(query_error)?;
+        let Some(member) = member else {
+            let exists: bool = client
+                .query_one(
+                    "select to_regclass(format('%I.%I', $1::text, $2::text)) is not null",
+                    &[&table.schema, &table.name],
+                )
+                .await
+                .map_err(query_error)?
+                .get(0);
+            if !exists {
+                return Err(SetupError::OutboxTableMissing {
+                    table: table.to_string(),
+                }
+                .into());
+            }
             return Err(SetupError::PublicationLacksTable {
                 publication: publication.to_owned(),
                 table: table.to_string(),
+            }
+            .into());
+        };
+        if !publishes_inserts {
+            return Err(SetupError::PublicationLacksTable {
+                publication: publication.to_owned(),
+                table: table.to_string(),
+            }
+            .into());
+        }
+        if let Some(filter) = member.get::<_, Option<String>>(0) {
+            return Err(SetupError::PublicationRowFilter {
+                publication: publication.to_owned(),
+                table: table.to_string(),
+                filter,
             }
             .into());
         }

@@ -39,4 +39,6 @@ pub use event::{
     TransactionCommit,
 };
 pub use progress::AckHandle;
-pub use stream::{ReplicationError, ReplicationStream, StreamConfig, StreamStats, PROTOCOL_VERSION};
+pub use stream::{
+    ReplicationError, ReplicationStream, StreamConfig, StreamStats, DEFAULT_BUFFER_BYTES, PROTOCOL_VERSION,
+};

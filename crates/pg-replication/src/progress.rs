@@ -41,6 +41,23 @@
 //! is decoded. An ack arriving after the last keepalive must still be able to
 //! release the WAL before it.
 //!
+//! ## Publication changes
+//!
+//! Both rules above trust that every outbox row before a position reached
+//! us. That holds only while the publication publishes every row of every
+//! outbox table under its configured name: after `ALTER PUBLICATION … DROP
+//! TABLE`, a row filter, or a rename of the table, the server sends nothing
+//! (or we recognise nothing) for the rows that follow, their transactions
+//! look empty, and the idle advance would confirm past them. So `flush` is
+//! also capped at the last *verified* position: the stream re-checks the
+//! publication on a timer (and at every connection), and a check that
+//! passes verifies the server's WAL position taken just before it (the
+//! catalog the check read is at least that new, so every change before that
+//! position was decoded under a publication that still included the tables).
+//! A check that fails stops the stream; nothing after the last verified
+//! position is confirmed. The cost: confirmations lag by up to one check
+//! interval.
+//!
 //! ## Shutdown of the server
 //!
 //! A walsender of a server shutting down (fast or smart) sends everything,
@@ -97,6 +114,9 @@ pub(crate) struct Progress {
     last_keepalive: Lsn,
     /// A transaction has begun and not yet committed.
     open: bool,
+    /// Flush never passes this position (see *Publication changes*); `None`:
+    /// no cap (until the first verification).
+    verified: Option<Lsn>,
 }
 
 impl Progress {
@@ -119,6 +139,7 @@ impl Progress {
             flush: confirmed,
             last_keepalive: confirmed,
             open: false,
+            verified: None,
         }
     }
 
@@ -170,12 +191,22 @@ impl Progress {
         }
     }
 
+    /// The publication was verified as of `position`: flush may go that far.
+    pub(crate) fn verified_through(&mut self, position: Lsn) {
+        self.verified = Some(self.verified.map_or(position, |v| v.max(position)));
+    }
+
     /// The position to confirm now: the caller's ack capped at what was handed
-    /// out, or the idle position, whichever is higher; never less than before.
+    /// out, or the idle position, whichever is higher, capped at the verified
+    /// position; never less than before.
     pub(crate) fn flush(&mut self) -> Lsn {
         self.advance_if_idle(self.last_keepalive);
         let acked = self.ack.acked().min(self.handed_out);
-        self.flush = self.flush.max(acked).max(self.idle);
+        let mut candidate = acked.max(self.idle);
+        if let Some(verified) = self.verified {
+            candidate = candidate.min(verified);
+        }
+        self.flush = self.flush.max(candidate);
         self.flush
     }
 
@@ -318,6 +349,22 @@ mod tests {
             lsn(600),
             "acked the checkpoint: idle again up to the keepalive"
         );
+    }
+
+    #[test]
+    fn flush_waits_for_the_publication_to_be_verified_past_it() {
+        let mut p = progress();
+        p.verified_through(lsn(150));
+        p.keepalive(lsn(500));
+        assert_eq!(p.flush(), lsn(150), "idle, but verified only to 150");
+        p.begin();
+        p.commit(lsn(600), true);
+        p.ack_handle().ack(lsn(600));
+        assert_eq!(p.flush(), lsn(150), "delivered, but verified only to 150");
+        p.verified_through(lsn(100));
+        assert_eq!(p.flush(), lsn(150), "a verification never moves it back");
+        p.verified_through(lsn(1000));
+        assert_eq!(p.flush(), lsn(600));
     }
 
     #[test]

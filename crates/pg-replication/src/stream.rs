@@ -8,10 +8,22 @@
 //!      └── status updates ◀─┴── timer + AckHandle ◀─────────┘ ack(end_lsn)
 //! ```
 //!
-//! Backpressure: the task holds at most the events of one frame (two) while
-//! the channel is full, and stops reading the socket meanwhile; TCP then stops
-//! the walsender. Status updates keep going on their timer whatever the
-//! consumer does, so a stalled downstream never times the walsender out.
+//! Backpressure: the channel is bounded twice, in events
+//! (`channel_capacity`) and in bytes (`buffer_bytes`, counting the column
+//! values and message contents of the events it holds: a row is held as the
+//! bytes of its values). The task holds at most the events of one frame
+//! (two) while the channel is full, and stops reading the socket meanwhile;
+//! TCP then stops the walsender. So what waits between the server and the
+//! consumer is at most `buffer_bytes`, plus one frame, plus one event larger
+//! than the whole budget (it is let through alone, never split or refused).
+//! Status updates keep going on their timer whatever the consumer does, so a
+//! stalled downstream never times the walsender out.
+//!
+//! Publication changes: while streaming, a second task re-checks on a timer
+//! that the publication still publishes every row of every outbox table
+//! under its configured name, and nothing is confirmed past the last
+//! position it verified (see `progress.rs`); a rename seen in a Relation
+//! message stops the stream at once.
 
 use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
@@ -22,14 +34,14 @@ use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use pgoutput::{Decoder, Lsn, PgTimestamp, ReplicationMessage};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::assembler::{Assembler, StreamError};
 use crate::catalog::{self, CheckError};
 use crate::config::ReplicationConfig;
-use crate::connection::{CopyBoth, ReplicationConnection};
+use crate::connection::{CopyBoth, ReplicationConnection, SystemIdentity};
 use crate::error::Error;
 use crate::event::{OutboxTable, ReplicationEvent};
 use crate::progress::{AckHandle, Progress};
@@ -39,6 +51,38 @@ use crate::progress::{AckHandle, Progress};
 /// sends each transaction whole, at commit, in commit order — rolled-back work
 /// never reaches us.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Default of [`StreamConfig::buffer_bytes`]: 16 MiB.
+pub const DEFAULT_BUFFER_BYTES: usize = 16 * 1024 * 1024;
+
+/// Bytes counted for an event besides its values (and for Begin and Commit).
+const EVENT_OVERHEAD: usize = 64;
+
+/// What an event holds in memory, for the byte budget: its values (slices of
+/// the frame it came in) and a little bookkeeping.
+fn event_bytes(event: &ReplicationEvent) -> usize {
+    let values = match event {
+        ReplicationEvent::Insert(insert) => insert
+            .row
+            .columns
+            .iter()
+            .map(|value| match value {
+                pgoutput::ColumnValue::Text(bytes) | pgoutput::ColumnValue::Binary(bytes) => bytes.len(),
+                _ => 0,
+            })
+            .sum(),
+        ReplicationEvent::Message(message) => message.content.len() + message.prefix.len(),
+        _ => 0,
+    };
+    values + EVENT_OVERHEAD
+}
+
+/// What the channel carries: an event (or the final error) and its share of
+/// the byte budget, returned when the consumer takes it.
+type Item = (
+    Result<ReplicationEvent, ReplicationError>,
+    Option<OwnedSemaphorePermit>,
+);
 
 /// What to stream and how.
 #[derive(Debug, Clone)]
@@ -62,6 +106,9 @@ pub struct StreamConfig {
     pub status_interval: Duration,
     /// Events buffered between the task and the consumer.
     pub channel_capacity: usize,
+    /// Bytes of events (column values, message contents) buffered between
+    /// the task and the consumer; see the module notes.
+    pub buffer_bytes: usize,
     /// First reconnect delay; doubles up to `reconnect_max` (with jitter).
     pub reconnect_initial: Duration,
     /// Longest reconnect delay.
@@ -75,10 +122,18 @@ pub struct StreamConfig {
     /// service without touching the service's slot. A copy that starts after
     /// `skip_through` is refused ([`ReplicationError::CopyAhead`]).
     pub copy_from: Option<String>,
+    /// The cluster and timeline the caller's positions (`skip_through`, its
+    /// checkpoint) belong to, from its own `IDENTIFY_SYSTEM`; `None`: the
+    /// first connection's. Every connection, reconnects included, runs
+    /// `IDENTIFY_SYSTEM` and stops the stream when the server is another
+    /// cluster ([`ReplicationError::OtherCluster`]) or on another timeline
+    /// ([`ReplicationError::TimelineChanged`]).
+    pub identity: Option<SystemIdentity>,
 }
 
 impl StreamConfig {
-    /// Defaults: 1 s status interval, 1024 buffered events, reconnects from 100 ms to 30 s.
+    /// Defaults: 1 s status interval, 1024 buffered events of at most
+    /// [`DEFAULT_BUFFER_BYTES`] together, reconnects from 100 ms to 30 s.
     pub fn new(
         connection: ReplicationConfig,
         slot: impl Into<String>,
@@ -93,10 +148,12 @@ impl StreamConfig {
             skip_through: Lsn::ZERO,
             status_interval: Duration::from_secs(1),
             channel_capacity: 1024,
+            buffer_bytes: DEFAULT_BUFFER_BYTES,
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(30),
             reconnect: true,
             copy_from: None,
+            identity: None,
         }
     }
 }
@@ -182,15 +239,50 @@ pub enum ReplicationError {
         /// Where the copy starts: the oldest position it can stream.
         start: Lsn,
     },
+    /// The server is on another timeline than the one streamed from: a
+    /// failover to a promoted standby, or a point-in-time restore. Positions
+    /// handed out on the old timeline may name other transactions on the new
+    /// one (the histories fork), so nothing may be skipped or acknowledged by
+    /// them: the caller starts a new stream from the slot's position on the
+    /// new timeline, with no checkpoint to skip by (what follows the slot's
+    /// position is re-sent: duplicates, never a gap). See
+    /// [`ReplicationError::restarts_from_slot`].
+    #[error("PostgreSQL is now on timeline {found}, outboxd streamed from timeline {streamed} (a failover or a point-in-time restore): positions of the old timeline mean nothing on the new one, so streaming restarts from the slot's position, re-sending what follows it")]
+    TimelineChanged {
+        /// The timeline streamed from.
+        streamed: u32,
+        /// The server's timeline now.
+        found: u32,
+    },
+    /// The server answering is another PostgreSQL cluster than the one
+    /// streamed from (an address now pointing elsewhere, a cluster rebuilt
+    /// from scratch): its slot says nothing about what was delivered.
+    #[error("the server now answering is another PostgreSQL cluster (system identifier {found}; outboxd streamed from {streamed}): its slot positions say nothing about what outboxd delivered. Point postgres.url back at the cluster outboxd streams from; if this cluster is meant to replace it (rebuilt, not a promoted standby of it), create its slot with `outboxd setup`, move the checkpoint file away, start outboxd again and re-publish the outbox rows written in between")]
+    OtherCluster {
+        /// System identifier streamed from.
+        streamed: String,
+        /// System identifier of the server now.
+        found: String,
+    },
     /// The stream task ended unexpectedly.
     #[error("replication task failed: {0}")]
     Task(String),
 }
 
+impl ReplicationError {
+    /// Whether a new stream, started from the slot's position with nothing
+    /// skipped by earlier positions, goes on correctly (a new timeline).
+    /// Every other error stops: transient failures are retried inside the
+    /// stream, so what reaches the caller needs a human.
+    pub fn restarts_from_slot(&self) -> bool {
+        matches!(self, ReplicationError::TimelineChanged { .. })
+    }
+}
+
 /// A running replication stream. See the module notes.
 #[derive(Debug)]
 pub struct ReplicationStream {
-    events: mpsc::Receiver<Result<ReplicationEvent, ReplicationError>>,
+    events: mpsc::Receiver<Item>,
     ack: AckHandle,
     stats: Arc<StreamStats>,
     shutdown: watch::Sender<bool>,
@@ -222,7 +314,8 @@ impl ReplicationStream {
     /// The next event; `None` once the stream has stopped. A definite error is
     /// yielded once, then `None`.
     pub async fn next(&mut self) -> Option<Result<ReplicationEvent, ReplicationError>> {
-        self.events.recv().await
+        // Dropping the permit returns the event's bytes to the budget.
+        self.events.recv().await.map(|(event, _bytes)| event)
     }
 
     /// The handle to report delivered positions with.
@@ -251,13 +344,105 @@ impl ReplicationStream {
 struct Session {
     copy: CopyBoth,
     status_interval: Duration,
+    /// A server that sends nothing for this long, even when asked for a
+    /// reply, is treated as gone (see `stream_session`).
+    silence_limit: Duration,
     pings: PingBurst,
+    /// Results of the publication re-checks (see [`watch_publication`]).
+    checks: mpsc::Receiver<Result<Lsn, catalog::SetupError>>,
+    watcher: JoinHandle<()>,
 }
 
 impl Session {
     /// Closes the connection and releases the socket.
     async fn close(&mut self) {
+        self.watcher.abort();
         self.copy.close().await;
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+/// How long a silent server is waited for when `wal_sender_timeout` is off.
+const DEFAULT_SILENCE_LIMIT: Duration = Duration::from_secs(60);
+
+/// Shortest time between two publication re-checks.
+const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// One publication check on a new catalog connection, within
+/// [`FINAL_CHECK_TIMEOUT`]: the position it verified, if it passed.
+async fn verify_once(config: &StreamConfig) -> Option<Lsn> {
+    let check = async {
+        let client = config.connection.connect_catalog().await.ok()?;
+        let position = client
+            .query_one("select pg_current_wal_lsn()::text", &[])
+            .await
+            .ok()?
+            .get::<_, String>(0)
+            .parse::<Lsn>()
+            .ok()?;
+        catalog::verify_publication(&client, &config.publication, &config.tables)
+            .await
+            .ok()?;
+        Some(position)
+    };
+    tokio::time::timeout(FINAL_CHECK_TIMEOUT, check)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// How long a shutdown waits for its last publication check.
+const FINAL_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Re-checks the publication every `interval` on the catalog connection
+/// (reconnecting it when it breaks) and reports each passing check with
+/// the server's WAL position taken just before it; a failing check is
+/// reported, and ends the task.
+async fn watch_publication(
+    config: StreamConfig,
+    mut client: Option<tokio_postgres::Client>,
+    interval: Duration,
+    results: mpsc::Sender<Result<Lsn, catalog::SetupError>>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if client.as_ref().map_or(true, |c| c.is_closed()) {
+            client = config.connection.connect_catalog().await.ok();
+        }
+        let Some(c) = &client else { continue };
+        let position = c
+            .query_one("select pg_current_wal_lsn()::text", &[])
+            .await
+            .ok()
+            .and_then(|row| row.get::<_, String>(0).parse::<Lsn>().ok());
+        let Some(position) = position else {
+            client = None;
+            continue;
+        };
+        match catalog::verify_publication(c, &config.publication, &config.tables).await {
+            Ok(()) => {
+                if results.send(Ok(position)).await.is_err() {
+                    return;
+                }
+            }
+            Err(CheckError::Setup(err)) => {
+                let _ = results.send(Err(err)).await;
+                return;
+            }
+            Err(CheckError::Query(err)) if err.is_transient() => client = None,
+            Err(CheckError::Query(err)) => {
+                let _ = results.send(Err(err.into())).await;
+                return;
+            }
+        }
     }
 }
 
@@ -312,12 +497,16 @@ struct Runner {
     /// A fresh decoder for each connection.
     decoder: Decoder,
     stats: Arc<StreamStats>,
-    tx: mpsc::Sender<Result<ReplicationEvent, ReplicationError>>,
+    tx: mpsc::Sender<Item>,
+    /// The byte budget of the channel, one permit per byte.
+    budget: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
     /// Events of the last frame not yet taken by the channel (at most two).
     pending: VecDeque<ReplicationEvent>,
     backoff: Duration,
     connected_once: bool,
+    /// The cluster and timeline streamed from (see `StreamConfig::identity`).
+    identity: Option<SystemIdentity>,
 }
 
 impl Runner {
@@ -326,7 +515,7 @@ impl Runner {
         decoder: Decoder,
         ack: AckHandle,
         stats: Arc<StreamStats>,
-        tx: mpsc::Sender<Result<ReplicationEvent, ReplicationError>>,
+        tx: mpsc::Sender<Item>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let assembler = Assembler::new(
@@ -342,10 +531,12 @@ impl Runner {
             decoder,
             stats,
             tx,
+            budget: Arc::new(Semaphore::new(budget_permits(config.buffer_bytes) as usize)),
             shutdown,
             pending: VecDeque::with_capacity(2),
             backoff,
             connected_once: false,
+            identity: config.identity.clone(),
             config,
         }
     }
@@ -357,7 +548,7 @@ impl Runner {
                 Err(err) => {
                     // Definite: the consumer hears of it once; nothing past it is acked.
                     let message = err.to_string();
-                    let _ = self.tx.send(Err(err)).await;
+                    let _ = self.tx.send((Err(err), None)).await;
                     return Err(ReplicationError::Task(message));
                 }
             };
@@ -367,7 +558,7 @@ impl Runner {
                     session.close().await;
                     let err = ReplicationError::Connection(err);
                     let message = err.to_string();
-                    let _ = self.tx.send(Err(err)).await;
+                    let _ = self.tx.send((Err(err), None)).await;
                     return Err(ReplicationError::Task(message));
                 }
                 SessionEnd::Lost(err) => {
@@ -382,7 +573,7 @@ impl Runner {
                         Ok(None) => return Ok(()),
                         Err(err) => {
                             let message = err.to_string();
-                            let _ = self.tx.send(Err(err)).await;
+                            let _ = self.tx.send((Err(err), None)).await;
                             return Err(ReplicationError::Task(message));
                         }
                     };
@@ -445,6 +636,10 @@ impl Runner {
         let mut conn = ReplicationConnection::connect(&config.connection)
             .await
             .map_err(Attempt::from_connection)?;
+        // The same cluster and timeline on every (re)connect: after a
+        // failover the positions we hold belong to the old timeline.
+        let identity = conn.identify_system().await.map_err(Attempt::from_connection)?;
+        check_identity(&mut self.identity, &identity).map_err(Attempt::Definite)?;
         // Catalog checks on every (re)connect: a slot dropped while we were away
         // is a definite error, never a reason to make a new one.
         let client = config
@@ -485,14 +680,18 @@ impl Runner {
                 }));
             }
         }
-        let status_interval = match conn
+        let wal_sender_timeout = conn
             .wal_sender_timeout()
             .await
             .map_err(Attempt::from_connection)?
-        {
-            Some(timeout) if !timeout.is_zero() => config.status_interval.min(timeout / 2),
-            _ => config.status_interval,
+            .filter(|timeout| !timeout.is_zero());
+        let status_interval = match wal_sender_timeout {
+            Some(timeout) => config.status_interval.min(timeout / 2),
+            None => config.status_interval,
         };
+        let silence_limit = wal_sender_timeout
+            .unwrap_or(DEFAULT_SILENCE_LIMIT)
+            .max(status_interval * 2);
 
         if !self.connected_once {
             let confirmed = slot.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
@@ -506,6 +705,8 @@ impl Runner {
             self.assembler
                 .reconnect(self.decoder.clone(), self.progress.handed_out().max(resume));
         }
+        // The publication was verified after IDENTIFY_SYSTEM reported this position.
+        self.progress.verified_through(identity.xlogpos);
         let requested = self.progress.resume_position();
 
         let options = [
@@ -536,10 +737,20 @@ impl Runner {
               status_interval_ms = status_interval.as_millis() as u64, "replication started");
         self.connected_once = true;
         self.backoff = config.reconnect_initial;
+        let (checks_tx, checks) = mpsc::channel(1);
+        let watcher = tokio::spawn(watch_publication(
+            config.clone(),
+            Some(client),
+            status_interval.max(MIN_CHECK_INTERVAL),
+            checks_tx,
+        ));
         Ok(Session {
             copy,
             status_interval,
+            silence_limit,
             pings: PingBurst::new(),
+            checks,
+            watcher,
         })
     }
 
@@ -555,13 +766,21 @@ impl Runner {
         // Local handles, so the select! futures do not borrow `self`.
         let mut shutdown = self.shutdown.clone();
         let tx = self.tx.clone();
+        let budget = Arc::clone(&self.budget);
+        let budget_size = budget_permits(self.config.buffer_bytes) as usize;
         let mut ticker = tokio::time::interval(session.status_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_frame = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
-                    // Final status update with everything acked so far, then close.
+                    // Final status update with everything acked so far (verified
+                    // once more, so the cap does not hold back the last acks),
+                    // then close.
+                    if let Some(position) = verify_once(&self.config).await {
+                        self.progress.verified_through(position);
+                    }
                     if let Err(err) = self.send_status(session, false).await {
                         debug!(error = %err, "final status update failed");
                     }
@@ -571,15 +790,39 @@ impl Runner {
                 // The stream was dropped without shutdown(): stop like a crash
                 // would, without a final status update.
                 _ = tx.closed() => return Ok(SessionEnd::Shutdown),
+                // A server (or a network path) that hangs without closing the
+                // connection: TCP keepalives do not notice a peer whose kernel
+                // still acknowledges. An idle walsender sends nothing, so when
+                // it has been quiet for a status interval we ask it for a reply
+                // (it answers with a keepalive at once); silent past the limit,
+                // it is gone, and we reconnect.
                 _ = ticker.tick() => {
-                    if let Err(err) = self.send_status(session, false).await {
+                    if !self.pending.is_empty() {
+                        // Not reading (the consumer is behind): silence is ours.
+                        last_frame = tokio::time::Instant::now();
+                    }
+                    let quiet = last_frame.elapsed();
+                    if quiet > session.silence_limit {
+                        return lost(Error::Closed(format!(
+                            " (by us: the server sent nothing for {} s, not even when asked to reply)",
+                            quiet.as_secs()
+                        )));
+                    }
+                    if let Err(err) = self.send_status(session, quiet >= session.status_interval).await {
                         return lost(err);
                     }
                 }
-                permit = tx.reserve(), if !self.pending.is_empty() => {
-                    let Ok(permit) = permit else { return Ok(SessionEnd::Shutdown) };
+                Some(check) = session.checks.recv() => match check {
+                    Ok(position) => self.progress.verified_through(position),
+                    Err(err) => return Err(ReplicationError::Setup(err)),
+                },
+                // Room for the next event: its bytes in the budget, then a
+                // slot. Cancel-safe: dropped by another branch, neither is kept.
+                room = reserve(&tx, &budget, self.pending.front().map_or(0, event_bytes).min(budget_size)),
+                    if !self.pending.is_empty() => {
+                    let Some((slot, bytes)) = room else { return Ok(SessionEnd::Shutdown) };
                     if let Some(event) = self.pending.pop_front() {
-                        permit.send(Ok(event));
+                        slot.send((Ok(event), Some(bytes)));
                     }
                 }
                 frame = session.copy.recv(), if self.pending.is_empty() => {
@@ -590,6 +833,7 @@ impl Runner {
                         Err(err) => return Err(ReplicationError::Connection(err)),
                     };
                     self.stats.frames.fetch_add(1, Ordering::Relaxed);
+                    last_frame = tokio::time::Instant::now();
                     let message = ReplicationMessage::parse(&frame)
                         .map_err(|source| StreamError::Decode { lsn: self.progress.received(), source })?;
                     match message {
@@ -638,6 +882,51 @@ impl Runner {
         self.stats.last_status_unix_ms.store(unix_ms, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// Compares the server's identity with the one streamed from (recording
+/// it at the first connection).
+fn check_identity(
+    origin: &mut Option<SystemIdentity>,
+    found: &SystemIdentity,
+) -> Result<(), ReplicationError> {
+    let Some(streamed) = origin.as_ref() else {
+        *origin = Some(found.clone());
+        return Ok(());
+    };
+    if streamed.system_id != found.system_id {
+        return Err(ReplicationError::OtherCluster {
+            streamed: streamed.system_id.clone(),
+            found: found.system_id.clone(),
+        });
+    }
+    if streamed.timeline != found.timeline {
+        return Err(ReplicationError::TimelineChanged {
+            streamed: streamed.timeline,
+            found: found.timeline,
+        });
+    }
+    Ok(())
+}
+
+/// The budget in permits, one per byte (one acquisition takes at most
+/// `u32::MAX` permits).
+fn budget_permits(buffer_bytes: usize) -> u32 {
+    u32::try_from(buffer_bytes).unwrap_or(u32::MAX).max(1)
+}
+
+/// Waits until `bytes` (at most the whole budget: a larger event waits until
+/// the budget is all free, then passes alone) fit in the budget and the
+/// channel has a slot; `None` if the consumer is gone.
+async fn reserve<'a>(
+    tx: &'a mpsc::Sender<Item>,
+    budget: &Arc<Semaphore>,
+    bytes: usize,
+) -> Option<(mpsc::Permit<'a, Item>, OwnedSemaphorePermit)> {
+    let wanted = u32::try_from(bytes).unwrap_or(u32::MAX).max(1);
+    let bytes = Arc::clone(budget).acquire_many_owned(wanted).await.ok()?;
+    let slot = tx.reserve().await.ok()?;
+    Some((slot, bytes))
 }
 
 fn lost(err: Error) -> Result<SessionEnd, ReplicationError> {

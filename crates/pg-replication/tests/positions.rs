@@ -345,3 +345,101 @@ async fn stalled_consumer_does_not_block_a_fast_shutdown_of_postgres() {
     wait_for_confirmed(&observer, next.commit.end_lsn).await;
     stream.shutdown().await.unwrap();
 }
+
+/// Network loss, without stopping the server: every connection through a
+/// fault proxy is cut mid-stream, three times, and comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_cut_mid_stream_reconnects_without_loss() {
+    let cluster = cluster_with_outbox().await;
+    let proxy = testkit::FaultProxy::start(("127.0.0.1", cluster.port())).unwrap();
+    let mut config = stream_config(&cluster);
+    config.connection = format!("postgresql://postgres@127.0.0.1:{}/postgres", proxy.port())
+        .parse()
+        .unwrap();
+    let mut stream = ReplicationStream::start(config).await.unwrap();
+    let ack = stream.ack_handle();
+    let mut app = cluster.connect().await.unwrap();
+    let mut written = Vec::new();
+    let mut received = Vec::new();
+    for batch in 0..3 {
+        for t in 0..20 {
+            let ids: Vec<String> = (0..5).map(|i| format!("{batch}-{t}-{i}")).collect();
+            insert_tx(&mut app, &ids).await;
+            written.extend(ids);
+        }
+        while received.len() < written.len() - 50 {
+            let tx = next_tx(&mut stream).await;
+            received.extend(tx.aggregate_ids());
+            ack.ack(tx.commit.end_lsn);
+        }
+        proxy.cut();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        proxy.pass();
+    }
+    while received.len() < written.len() {
+        let tx = next_tx(&mut stream).await;
+        received.extend(tx.aggregate_ids());
+        ack.ack(tx.commit.end_lsn);
+    }
+    assert_quiet(&mut stream, Duration::from_millis(500)).await;
+    assert!(
+        stream.stats().reconnects() >= 3,
+        "reconnects {}",
+        stream.stats().reconnects()
+    );
+    stream.shutdown().await.unwrap();
+    assert_no_loss_no_duplicates(&written, &received);
+}
+
+/// Found in review: a server or network path that hangs without closing the
+/// connection (here a proxy that accepts and relays nothing) left the
+/// stream waiting forever, still "connected" and still sending status
+/// updates into the void. Now silence past `wal_sender_timeout`, even after
+/// asking for a reply, counts as a lost connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_connection_is_dropped_and_streaming_resumes_without_loss() {
+    let cluster = testkit::PgCluster::builder()
+        .setting("wal_sender_timeout", "2s")
+        .start()
+        .unwrap();
+    cluster.psql(crate::support::SCHEMA).unwrap();
+    let client = cluster.connect().await.unwrap();
+    pg_replication::catalog::create_slot(&client, "outboxd")
+        .await
+        .unwrap();
+    let proxy = testkit::FaultProxy::start(("127.0.0.1", cluster.port())).unwrap();
+    let mut config = stream_config(&cluster);
+    config.connection = format!(
+        "postgresql://postgres@127.0.0.1:{}/postgres?connect_timeout=2",
+        proxy.port()
+    )
+    .parse()
+    .unwrap();
+    let mut stream = ReplicationStream::start(config).await.unwrap();
+    let mut app = cluster.connect().await.unwrap();
+    insert_tx(&mut app, &["before".to_owned()]).await;
+    let tx = next_tx(&mut stream).await;
+    stream.ack_handle().ack(tx.commit.end_lsn);
+
+    proxy.blackhole();
+    insert_tx(&mut app, &["during".to_owned()]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stream.stats().connected() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still connected 10 s into a black hole (wal_sender_timeout 2 s)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy.pass();
+    insert_tx(&mut app, &["after".to_owned()]).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let tx = next_tx(&mut stream).await;
+        ids.extend(tx.aggregate_ids());
+        stream.ack_handle().ack(tx.commit.end_lsn);
+    }
+    assert_eq!(ids, ["during", "after"]);
+    assert!(stream.stats().reconnects() >= 1);
+    stream.shutdown().await.unwrap();
+}

@@ -204,15 +204,20 @@ impl PgCluster {
             data,
             port: Mutex::new(0),
         };
-        // Another test may take the port between our probe and the server's
-        // bind: then, and only then, try again with another port.
+        cluster.start_on_free_port()?;
+        Ok(cluster)
+    }
+
+    /// Another test may take the port between our probe and the server's
+    /// bind: then, and only then, try again with another port.
+    fn start_on_free_port(&self) -> Result<(), HarnessError> {
         let mut attempt = 1;
         loop {
-            cluster.set_port(free_port()?)?;
-            let log_start = cluster.log_len();
-            match cluster.start_again() {
-                Ok(()) => return Ok(cluster),
-                Err(_) if attempt < PORT_ATTEMPTS && cluster.log_since(log_start).contains(PORT_TAKEN) => {
+            self.set_port(free_port()?)?;
+            let log_start = self.log_len();
+            match self.start_again() {
+                Ok(()) => return Ok(()),
+                Err(_) if attempt < PORT_ATTEMPTS && self.log_since(log_start).contains(PORT_TAKEN) => {
                     attempt += 1;
                 }
                 Err(err) => return Err(err),
@@ -408,6 +413,52 @@ impl PgCluster {
     pub fn restart(&self, mode: StopMode) -> Result<(), HarnessError> {
         self.stop(mode)?;
         self.start_again()
+    }
+
+    /// A second cluster made from a file-level copy of this one's data
+    /// directory, started as a standby (`standby.signal`, no upstream) on
+    /// its own port and socket directory: the same system identifier, the
+    /// same data, and the same replication slots (they live in `pg_replslot`,
+    /// which the copy carries). Promote it (`select pg_promote()`) to get a
+    /// new primary on the next timeline, as after a failover.
+    ///
+    /// For a consistent copy this cluster is stopped (fast) while its files
+    /// are copied, then started again on its port.
+    pub fn standby_copy(&self) -> Result<PgCluster, HarnessError> {
+        self.stop(StopMode::Fast)?;
+        let copied = self.copy_stopped();
+        let restarted = self.start_again();
+        let copy = copied?;
+        restarted?;
+        copy.start_on_free_port()?;
+        Ok(copy)
+    }
+
+    fn copy_stopped(&self) -> Result<PgCluster, HarnessError> {
+        let dir = tempfile::Builder::new()
+            .prefix("outboxd-pg-")
+            .tempdir_in("/tmp")?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        self.user.own(dir.path())?;
+        let data = dir.path().join("data");
+        let mut cp = self.user.command(Path::new("cp"));
+        cp.arg("-a").arg(&self.data).arg(&data);
+        check(&output(&mut cp, "cp -a")?, "cp -a")?;
+        // Later lines win: the copy gets its own socket directory.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))?
+            .write_all(format!("unix_socket_directories = '{}'\n", dir.path().display()).as_bytes())?;
+        let signal = data.join("standby.signal");
+        std::fs::write(&signal, "")?;
+        self.user.own(&signal)?;
+        Ok(PgCluster {
+            bindir: self.bindir.clone(),
+            user: self.user,
+            dir,
+            data,
+            port: Mutex::new(0),
+        })
     }
 
     /// PID of the postmaster, from `postmaster.pid` (None when stopped).

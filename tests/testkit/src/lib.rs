@@ -29,6 +29,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! [`FaultProxy`] is a TCP proxy to put between a client and a server (or a
+//! broker) to cut, black-hole or redirect its connections: outages and
+//! failovers without stopping the real server.
+//!
 //! Failures come back as [`HarnessError`]s that say what went wrong and, where
 //! the cause is the machine (no PostgreSQL installed, no `postgres` OS user),
 //! how to fix it; a server that will not start is reported with its log.
@@ -40,7 +44,9 @@ mod error;
 pub mod kafka;
 mod os_user;
 mod process;
+mod proxy;
 
 pub use cluster::{PasswordAuth, PgCluster, PgClusterBuilder, StopMode};
 pub use error::HarnessError;
 pub use process::process_alive;
+pub use proxy::FaultProxy;

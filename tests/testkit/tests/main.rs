@@ -1,3 +1,4 @@
 //! The harness's own tests, in one binary.
 
 mod cluster;
+mod proxy;
