@@ -1,0 +1,7 @@
+//! outbox-inbox against real PostgreSQL clusters (testkit) and librdkafka's
+//! mock cluster.
+
+mod envelope;
+mod process;
+mod purge;
+mod support;
