@@ -43,6 +43,10 @@ mod inbox;
 mod purge;
 mod schema;
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
+#[cfg(feature = "kafka")]
+mod offsets;
 
 pub use envelope::Envelope;
 pub use error::{HeaderError, InboxError, ProcessError};

@@ -2,6 +2,7 @@
 //! mock cluster.
 
 mod envelope;
+mod kafka;
 mod process;
 mod purge;
 mod support;
