@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use outbox_inbox::kafka::InboxConsumer;
+use outbox_inbox::kafka::{InboxConsumer, KafkaInboxError};
 use outbox_inbox::{HandlerFuture, Inbox, Outcome};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
@@ -52,7 +52,7 @@ fn deliveries(events: usize, duplicates: usize) -> (Vec<Event>, Vec<Event>) {
             amount: (i as i64 * 37) % 1000 + 1,
         })
         .collect();
-    let every = events / duplicates;
+    let every = events.checked_div(duplicates).unwrap_or(usize::MAX);
     let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
     let mut sent = Vec::with_capacity(events + duplicates);
     for (i, event) in unique.iter().enumerate() {
@@ -68,7 +68,7 @@ fn deliveries(events: usize, duplicates: usize) -> (Vec<Event>, Vec<Event>) {
     (unique, sent)
 }
 
-fn produce(bootstrap: &str, events: &[Event]) {
+fn produce(bootstrap: &str, topic: &str, events: &[Event]) {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
@@ -98,7 +98,7 @@ fn produce(bootstrap: &str, events: &[Event]) {
                 value: Some(&event.index.to_string()),
             });
         let payload = event.amount.to_string();
-        let mut record = BaseRecord::to(TOPIC)
+        let mut record = BaseRecord::to(topic)
             .key(&event.aggregate)
             .payload(&payload)
             .headers(headers);
@@ -159,23 +159,35 @@ async fn connections(url: &str, n: usize) -> Vec<Client> {
     clients
 }
 
-/// Whether the group's committed offsets reached the end of every partition.
-fn fully_committed(bootstrap: &str, group: &str) -> bool {
+/// The group's committed offset of each partition of `topic` (`None`: nothing committed).
+fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Option<Vec<Option<i64>>> {
     let consumer: BaseConsumer = consumer_config(bootstrap, group).create().unwrap();
     let mut list = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        list.add_partition(TOPIC, p);
+    for p in 0..partitions {
+        list.add_partition(topic, p);
     }
-    let Ok(committed) = consumer.committed_offsets(list, Duration::from_secs(5)) else {
+    let committed = consumer.committed_offsets(list, Duration::from_secs(5)).ok()?;
+    Some(
+        (0..partitions)
+            .map(|p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => Some(o),
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+/// Whether the group's committed offsets reached the end of every partition.
+fn fully_committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> bool {
+    let Some(offsets) = committed(bootstrap, group, topic, partitions) else {
         return false;
     };
-    (0..PARTITIONS).all(|p| {
+    let consumer: BaseConsumer = consumer_config(bootstrap, group).create().unwrap();
+    offsets.iter().enumerate().all(|(p, offset)| {
         let (_, high) = consumer
-            .fetch_watermarks(TOPIC, p, Duration::from_secs(5))
+            .fetch_watermarks(topic, p as i32, Duration::from_secs(5))
             .unwrap();
-        committed
-            .find_partition(TOPIC, p)
-            .is_some_and(|e| e.offset() == Offset::Offset(high))
+        *offset == Some(high)
     })
 }
 
@@ -266,7 +278,7 @@ fn five_thousand_events_with_duplicates_and_three_kill_9s_are_applied_once() {
     kafka.create_topic(TOPIC, PARTITIONS, 1).unwrap();
     let bootstrap = kafka.bootstrap_servers();
     let (unique, sent) = deliveries(5_000, 1_000);
-    produce(&bootstrap, &sent);
+    produce(&bootstrap, TOPIC, &sent);
     let url = cluster.url("postgres", "postgres");
     let group = "order-projection";
     let mut lines = Lines::default();
@@ -318,7 +330,7 @@ fn five_thousand_events_with_duplicates_and_three_kill_9s_are_applied_once() {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let done = runtime.block_on(count(&client, "select count(*) from inbox")) == unique.len() as i64
-            && fully_committed(&bootstrap, group);
+            && fully_committed(&bootstrap, group, TOPIC, PARTITIONS);
         if done {
             break;
         }
@@ -445,7 +457,7 @@ async fn two_consumers_in_one_group_never_apply_an_event_twice() {
     let (unique, sent) = deliveries(2_000, 400);
     {
         let bootstrap = bootstrap.clone();
-        tokio::task::spawn_blocking(move || produce(&bootstrap, &sent))
+        tokio::task::spawn_blocking(move || produce(&bootstrap, TOPIC, &sent))
             .await
             .unwrap();
     }
@@ -482,7 +494,7 @@ async fn two_consumers_in_one_group_never_apply_an_event_twice() {
     loop {
         let caught_up = count(&client, "select count(*) from inbox").await == unique.len() as i64 && {
             let (bootstrap, group) = (bootstrap.clone(), group.to_owned());
-            tokio::task::spawn_blocking(move || fully_committed(&bootstrap, &group))
+            tokio::task::spawn_blocking(move || fully_committed(&bootstrap, &group, TOPIC, PARTITIONS))
                 .await
                 .unwrap()
         };
@@ -524,4 +536,90 @@ fn slow_handle<'a>(
         tx.execute("select pg_sleep(0.002)", &[]).await?;
         handle(tx, message).await
     })
+}
+
+/// The test handler failing on one event after writing its effect.
+fn failing_on<'a>(tx: &'a Transaction<'a>, message: &'a OwnedMessage) -> HandlerFuture<'a, (), String> {
+    Box::pin(async move {
+        handle(tx, message).await.map_err(|e| e.to_string())?;
+        let id = outbox_inbox::kafka::envelope(message).unwrap().id;
+        if id == "evt-00020" {
+            return Err(format!("cannot apply {id}"));
+        }
+        Ok(())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_error_stops_the_loop_without_committing_its_offset() {
+    let (cluster, client) = support::cluster().await;
+    let kafka = MockCluster::new(1).unwrap();
+    kafka.create_topic(TOPIC, 1, 1).unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    let (unique, sent) = deliveries(40, 0);
+    {
+        let bootstrap = bootstrap.clone();
+        tokio::task::spawn_blocking(move || produce(&bootstrap, TOPIC, &sent))
+            .await
+            .unwrap();
+    }
+    let url = cluster.url("postgres", "postgres");
+    let group = "failing";
+    let config = consumer_config(&bootstrap, group);
+
+    let consumer = InboxConsumer::new(&config, &[TOPIC], group, Inbox::new()).unwrap();
+    let result = consumer
+        .run(connections(&url, 2).await, failing_on, std::future::pending())
+        .await;
+    match result {
+        Err(KafkaInboxError::Process {
+            id, offset, error, ..
+        }) => {
+            assert_eq!((id.as_str(), offset), ("evt-00020", 20));
+            assert!(error.contains("cannot apply evt-00020"), "{error}");
+        }
+        other => panic!("expected the handler's failure, got {other:?}"),
+    }
+    drop(consumer);
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from applied where event_id = 'evt-00020'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from inbox where message_id = 'evt-00020'"
+        )
+        .await,
+        0
+    );
+    let offsets = {
+        let (bootstrap, group) = (bootstrap.clone(), group.to_owned());
+        tokio::task::spawn_blocking(move || committed(&bootstrap, &group, TOPIC, 1))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert!(
+        offsets[0].is_some_and(|o| o <= 20),
+        "the committed offset stays at or before the failed message: {offsets:?}"
+    );
+
+    // The next run processes the failed message and the rest, each once.
+    let consumer = InboxConsumer::new(&config, &[TOPIC], group, Inbox::new()).unwrap();
+    let summary = consumer
+        .run(connections(&url, 2).await, handle, async {
+            while count(&client, "select count(*) from inbox").await < 40 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .unwrap();
+    assert_applied_once(&client, &unique).await;
+    assert!(summary.processed >= 1, "{summary:?}");
+    drop(kafka);
 }
