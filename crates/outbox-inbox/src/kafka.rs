@@ -19,6 +19,9 @@
 //! re-delivered and their committed claims make them duplicates. A rebalance
 //! may hand a partition to another member while this one still works on it;
 //! both may then see the same message, and the claim lets only one apply it.
+//! The old member's last commit for that partition may also land after the
+//! new member's and move the group's offset back: that costs re-deliveries
+//! (duplicates), never a skipped message.
 //!
 //! A handler or database error stops the loop: reading stops, workers finish
 //! what they hold, the offsets of the finished prefix are committed and the
@@ -43,6 +46,7 @@ use crate::envelope::Envelope;
 use crate::error::HeaderError;
 use crate::inbox::{HandlerFuture, Inbox, Outcome};
 use crate::offsets::OffsetTracker;
+pub use crate::summary::Summary;
 
 /// Called after each message's transaction committed (or it was found a
 /// duplicate or stale) and before its offset may be committed.
@@ -85,17 +89,6 @@ pub enum KafkaInboxError {
         /// The handler's or the database's error.
         error: String,
     },
-}
-
-/// What a loop did before it stopped.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Summary {
-    /// Messages whose handler ran and committed.
-    pub processed: u64,
-    /// Messages already processed (re-deliveries).
-    pub duplicates: u64,
-    /// Messages the aggregate guard refused.
-    pub stale: u64,
 }
 
 /// An rdkafka consumer whose offsets follow the inbox's commits.
@@ -252,11 +245,7 @@ impl InboxConsumer {
                 done = done_rx.recv() => match done {
                     Some(Done::Finished { topic, partition, offset, outcome }) => {
                         tracker.finished(&(topic, partition), offset);
-                        match outcome {
-                            Kind::Processed => summary.processed += 1,
-                            Kind::Duplicate => summary.duplicates += 1,
-                            Kind::Stale => summary.stale += 1,
-                        }
+                        summary.count(&outcome);
                     }
                     Some(Done::Failed(err)) => {
                         tracing::error!(consumer = %self.name, error = %err, "message failed; the inbox consumer stops");
@@ -339,18 +328,12 @@ struct Job {
     envelope: Envelope,
 }
 
-enum Kind {
-    Processed,
-    Duplicate,
-    Stale,
-}
-
 enum Done {
     Finished {
         topic: String,
         partition: i32,
         offset: i64,
-        outcome: Kind,
+        outcome: Outcome<()>,
     },
     Failed(KafkaInboxError),
 }
@@ -427,11 +410,6 @@ where
                 if let Some(observer) = &w.observer {
                     observer(message, &outcome);
                 }
-                let outcome = match outcome {
-                    Outcome::Processed(()) => Kind::Processed,
-                    Outcome::Duplicate => Kind::Duplicate,
-                    Outcome::Stale { .. } => Kind::Stale,
-                };
                 Done::Finished {
                     topic: message.topic().to_owned(),
                     partition: message.partition(),

@@ -33,7 +33,10 @@
 //!   rule the retention must follow.
 //! - Feature `kafka`: [`kafka::InboxConsumer`], an rdkafka consumer loop that
 //!   commits offsets only after the database transaction commits, with
-//!   concurrency per key. (A RabbitMQ adapter is not written yet.)
+//!   concurrency per key.
+//! - Feature `rabbitmq`: [`rabbitmq::InboxQueueConsumer`], a lapin consumer
+//!   that acknowledges each message only after its transaction commits, with
+//!   concurrency per key.
 //!
 //! The core depends on `tokio-postgres` only: no broker client.
 
@@ -47,6 +50,10 @@ mod schema;
 pub mod kafka;
 #[cfg(feature = "kafka")]
 mod offsets;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
+#[cfg(any(feature = "kafka", feature = "rabbitmq"))]
+mod summary;
 
 pub use envelope::Envelope;
 pub use error::{HeaderError, InboxError, ProcessError};

@@ -5,4 +5,5 @@ mod envelope;
 mod kafka;
 mod process;
 mod purge;
+mod rabbitmq;
 mod support;
