@@ -13,6 +13,7 @@ use tokio_postgres::Client;
 
 use crate::checkpoint::CheckpointStore;
 use crate::config::{Config, PermanentErrorPolicy};
+use crate::sink::SinkKind;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -50,6 +51,20 @@ impl fmt::Display for Finding {
             write!(f, "\n      fix: {fix}")?;
         }
         Ok(())
+    }
+}
+
+impl Finding {
+    pub(crate) fn ok(what: &str, detail: impl Into<String>) -> Finding {
+        ok(what, detail)
+    }
+
+    pub(crate) fn warn(what: &str, detail: impl Into<String>, fix: impl Into<String>) -> Finding {
+        warn(what, detail, fix)
+    }
+
+    pub(crate) fn fail(what: &str, detail: impl Into<String>, fix: impl Into<String>) -> Finding {
+        fail(what, detail, fix)
     }
 }
 
@@ -109,7 +124,10 @@ pub async fn check(config: &Config) -> Vec<Finding> {
             "fix postgres.url",
         )),
     }
-    kafka_checks(config, &mut findings).await;
+    match config.sink.kind {
+        SinkKind::Kafka => kafka_checks(config, &mut findings).await,
+        SinkKind::Redis => findings.extend(crate::sink::redis::check(config).await),
+    }
     findings
 }
 

@@ -13,6 +13,7 @@ use outbox_core::{ColumnMapping, Routing, TopicRule};
 use pg_replication::{OutboxTable, ReplicationConfig, StreamConfig};
 use serde::Deserialize;
 use sink_kafka::KafkaConfig;
+use sink_redis::RedisConfig;
 
 use crate::sink::SinkKind;
 
@@ -30,6 +31,8 @@ pub struct Config {
     pub sink: SinkSection,
     /// The Kafka producer (`[sink] kind = "kafka"`).
     pub kafka: KafkaSection,
+    /// Redis (`[sink] kind = "redis"`).
+    pub redis: RedisSection,
     /// outboxd's own record of the last delivered position.
     pub checkpoint: CheckpointConfig,
     /// Logging.
@@ -158,15 +161,12 @@ impl std::fmt::Debug for PostgresConfig {
     }
 }
 
-/// The connection string with any password replaced (URL userinfo or a
-/// `password=` key/value).
+/// The connection string with any password replaced (URL userinfo of any
+/// scheme — `postgres://`, `redis://`, … — or a `password=` key/value).
 pub fn redact_url(url: &str) -> String {
-    if let Some(rest) = url
-        .strip_prefix("postgres://")
-        .or_else(|| url.strip_prefix("postgresql://"))
-    {
-        let scheme = &url[..url.len() - rest.len()];
-        if let Some((userinfo, host)) = rest.split_once('@') {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let scheme = format!("{scheme}://");
+        if let Some((userinfo, host)) = rest.rsplit_once('@') {
             if let Some((user, _)) = userinfo.split_once(':') {
                 return format!("{scheme}{user}:<redacted>@{host}");
             }
@@ -322,6 +322,57 @@ impl Default for KafkaSection {
     }
 }
 
+/// `[redis]`: the Redis sink (Streams). Unset keys take the sink's defaults
+/// (`sink_redis::defaults`).
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSection {
+    /// `redis://[user:password@]host:port/db`, `rediss://` for TLS. Prefer
+    /// `OUTBOXD_REDIS_URL` for a password.
+    pub url: String,
+    /// How long event ids are remembered per stream against re-sends
+    /// (milliseconds; default 7 days; keep it ≥ the replay window).
+    pub dedupe_ttl_ms: Option<u64>,
+    /// Trim each stream to about this many entries (`MAXLEN ~`); unset: never.
+    pub maxlen: Option<u64>,
+    /// `WAIT` for this many replicas before a record counts as delivered.
+    pub wait_replicas: u32,
+    /// The `WAIT` timeout (milliseconds; default 1000).
+    pub wait_timeout_ms: Option<u64>,
+    /// Larger records are refused for good (default 1 MiB).
+    pub max_record_bytes: Option<usize>,
+    /// Records in flight (one pipelined batch; default 512).
+    pub max_in_flight: Option<usize>,
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        RedisSection {
+            url: "redis://127.0.0.1:6379".into(),
+            dedupe_ttl_ms: None,
+            maxlen: None,
+            wait_replicas: 0,
+            wait_timeout_ms: None,
+            max_record_bytes: None,
+            max_in_flight: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSection")
+            .field("url", &redact_url(&self.url))
+            .field("dedupe_ttl_ms", &self.dedupe_ttl_ms)
+            .field("maxlen", &self.maxlen)
+            .field("wait_replicas", &self.wait_replicas)
+            .field("wait_timeout_ms", &self.wait_timeout_ms)
+            .field("max_record_bytes", &self.max_record_bytes)
+            .field("max_in_flight", &self.max_in_flight)
+            .finish()
+    }
+}
+
 /// `[checkpoint]`
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -381,6 +432,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("OUTBOXD_KAFKA_BROKERS", "kafka.brokers"),
     ("OUTBOXD_KAFKA_ON_PERMANENT_ERROR", "kafka.on_permanent_error"),
     ("OUTBOXD_KAFKA_DEAD_LETTER_TOPIC", "kafka.dead_letter_topic"),
+    ("OUTBOXD_REDIS_URL", "redis.url"),
     ("OUTBOXD_CHECKPOINT_PATH", "checkpoint.path"),
     ("OUTBOXD_LOG_FORMAT", "log.format"),
     ("OUTBOXD_LOG_LEVEL", "log.level"),
@@ -444,6 +496,7 @@ impl Config {
                 }
                 "OUTBOXD_SINK_DEAD_LETTER" => self.sink.dead_letter = Some(value),
                 "OUTBOXD_KAFKA_DEAD_LETTER_TOPIC" => self.kafka.dead_letter_topic = value,
+                "OUTBOXD_REDIS_URL" => self.redis.url = value,
                 "OUTBOXD_CHECKPOINT_PATH" => self.checkpoint.path = value.into(),
                 "OUTBOXD_LOG_FORMAT" => {
                     self.log.format = match value.as_str() {
@@ -558,6 +611,7 @@ impl Config {
         match (&self.sink.dead_letter, self.sink.kind) {
             (Some(destination), _) => destination.clone(),
             (None, SinkKind::Kafka) => self.kafka.dead_letter_topic.clone(),
+            (None, SinkKind::Redis) => "outboxd.dlq".into(),
         }
     }
 
@@ -575,6 +629,28 @@ impl Config {
         Ok(KafkaConfig::new(properties)?)
     }
 
+    /// The checked Redis sink settings.
+    pub fn redis(&self) -> anyhow::Result<RedisConfig> {
+        let r = &self.redis;
+        let mut config = RedisConfig::new(&r.url)?;
+        if let Some(ms) = r.dedupe_ttl_ms {
+            config.dedupe_ttl = Duration::from_millis(ms);
+        }
+        config.maxlen = r.maxlen;
+        config.wait_replicas = r.wait_replicas;
+        if let Some(ms) = r.wait_timeout_ms {
+            config.wait_timeout = Duration::from_millis(ms);
+        }
+        if let Some(bytes) = r.max_record_bytes {
+            config.max_record_bytes = bytes;
+        }
+        if let Some(n) = r.max_in_flight {
+            config.max_in_flight = n;
+        }
+        config.check()?;
+        Ok(config)
+    }
+
     /// Checks everything that can be checked without connecting.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.replication()?;
@@ -583,6 +659,9 @@ impl Config {
         match self.sink.kind {
             SinkKind::Kafka => {
                 self.kafka()?;
+            }
+            SinkKind::Redis => {
+                self.redis()?;
             }
         }
         if self.policy()? == PermanentErrorPolicy::DeadLetter {
@@ -631,6 +710,8 @@ mod tests {
         config.postgres.url = "host=db user=u password=hunter2 dbname=app".into();
         assert!(!format!("{config:?}").contains("hunter2"));
         assert_eq!(redact_url("postgres://u@db/app"), "postgres://u@db/app");
+        config.redis.url = "rediss://app:hunter2@cache:6380/1".into();
+        assert!(!format!("{config:?}").contains("hunter2"));
     }
 
     #[test]

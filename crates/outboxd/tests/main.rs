@@ -2,6 +2,7 @@
 //! pipeline in process or the `outboxd` binary as a child process.
 
 mod conformance;
+mod conformance_redis;
 mod e2e;
 mod ops;
 mod support;
