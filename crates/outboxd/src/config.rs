@@ -330,6 +330,10 @@ pub struct RedisSection {
     /// `redis://[user:password@]host:port/db`, `rediss://` for TLS. Prefer
     /// `OUTBOXD_REDIS_URL` for a password.
     pub url: String,
+    /// `streams` (default) or `bullmq`.
+    pub mode: RedisMode,
+    /// BullMQ's key prefix (`mode = "bullmq"`).
+    pub bullmq_prefix: String,
     /// How long event ids are remembered per stream against re-sends
     /// (milliseconds; default 7 days; keep it ≥ the replay window).
     pub dedupe_ttl_ms: Option<u64>,
@@ -345,10 +349,23 @@ pub struct RedisSection {
     pub max_in_flight: Option<usize>,
 }
 
+/// `[redis] mode`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One stream per routed name.
+    #[default]
+    Streams,
+    /// One BullMQ queue per routed name.
+    Bullmq,
+}
+
 impl Default for RedisSection {
     fn default() -> Self {
         RedisSection {
             url: "redis://127.0.0.1:6379".into(),
+            mode: RedisMode::Streams,
+            bullmq_prefix: "bull".into(),
             dedupe_ttl_ms: None,
             maxlen: None,
             wait_replicas: 0,
@@ -363,6 +380,8 @@ impl std::fmt::Debug for RedisSection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisSection")
             .field("url", &redact_url(&self.url))
+            .field("mode", &self.mode)
+            .field("bullmq_prefix", &self.bullmq_prefix)
             .field("dedupe_ttl_ms", &self.dedupe_ttl_ms)
             .field("maxlen", &self.maxlen)
             .field("wait_replicas", &self.wait_replicas)
@@ -633,6 +652,14 @@ impl Config {
     pub fn redis(&self) -> anyhow::Result<RedisConfig> {
         let r = &self.redis;
         let mut config = RedisConfig::new(&r.url)?;
+        if r.mode == RedisMode::Bullmq {
+            if r.bullmq_prefix.is_empty() {
+                bail!("redis.bullmq_prefix is empty (BullMQ's own default is \"bull\")");
+            }
+            config.mode = sink_redis::Mode::BullMq {
+                prefix: r.bullmq_prefix.clone(),
+            };
+        }
         if let Some(ms) = r.dedupe_ttl_ms {
             config.dedupe_ttl = Duration::from_millis(ms);
         }

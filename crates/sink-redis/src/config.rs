@@ -5,12 +5,18 @@ use std::time::Duration;
 use crate::error::ConfigError;
 
 /// How records are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Mode {
     /// One Redis stream per routed name, one entry per record.
     #[default]
     Streams,
+    /// One BullMQ queue per routed name, one job per record (see
+    /// [`crate::bullmq`]).
+    BullMq {
+        /// BullMQ's key prefix (its `prefix` option; BullMQ's default is `bull`).
+        prefix: String,
+    },
 }
 
 /// The Redis sink's settings. Build with [`RedisConfig::new`], then adjust

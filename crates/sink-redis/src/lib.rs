@@ -26,12 +26,18 @@
 //!   routed name.
 //! * **Backpressure**: `send` waits while `max_in_flight` records have no
 //!   outcome yet.
+//! * **BullMQ mode** ([`Mode::BullMq`], [`bullmq`]): each record becomes a
+//!   job written by BullMQ's own `addStandardJob` script exactly as
+//!   `Queue.add` writes it (queue = the routed name, job name = the event
+//!   type, data = the payload, job id = the event id, so BullMQ itself
+//!   ignores a re-sent record while the job exists).
 //! * **Errors** are classified ([`classify`]): a lost connection, a timeout,
 //!   `OOM`, `LOADING`, `READONLY` are retried (with backoff, reconnecting);
 //!   refused credentials are fatal; a record over `max_record_bytes` or a
 //!   destination key of another type is permanent for that record.
 
 pub mod append;
+pub mod bullmq;
 mod classify;
 mod config;
 mod error;
@@ -122,7 +128,7 @@ impl RedisSink {
         let worker = Worker {
             client,
             connection: None,
-            script: redis::Script::new(append::SCRIPT),
+            script: redis::Script::new(Worker::script_text(&config.mode)),
             config: config.clone(),
             shared: Arc::clone(&shared),
             deliveries: deliveries.clone(),
@@ -226,6 +232,42 @@ struct Worker {
 }
 
 impl Worker {
+    fn script_text(mode: &Mode) -> &'static str {
+        match mode {
+            Mode::Streams => append::SCRIPT,
+            Mode::BullMq { .. } => bullmq::SCRIPT,
+        }
+    }
+
+    /// Appends the script call for `record` to `pipe`.
+    fn command(&self, pipe: &mut redis::Pipeline, record: &Record, now_ms: u64) {
+        let command = pipe.cmd("EVALSHA").arg(self.script.get_hash());
+        match &self.config.mode {
+            Mode::Streams => {
+                command
+                    .arg(2)
+                    .arg(&record.topic)
+                    .arg(append::dedupe_key(&record.topic))
+                    .arg(append::dedupe_id(record))
+                    .arg(self.config.dedupe_ttl.as_secs().max(1))
+                    .arg(self.config.maxlen.unwrap_or(0));
+                for (name, value) in append::fields(record) {
+                    command.arg(name).arg(value.as_ref());
+                }
+            }
+            Mode::BullMq { prefix } => {
+                command.arg(9);
+                for key in bullmq::keys(prefix, &record.topic) {
+                    command.arg(key);
+                }
+                command
+                    .arg(bullmq::args(prefix, &record.topic, record, now_ms))
+                    .arg(bullmq::data(record))
+                    .arg(bullmq::opts(record));
+            }
+        }
+    }
+
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Pending>) {
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
@@ -302,23 +344,12 @@ impl Worker {
     /// that makes the whole batch go again.
     async fn attempt(&mut self, batch: &[Pending]) -> Result<Vec<Result<(), DeliveryError>>, BatchError> {
         let mut connection = self.connection().await?;
-        let ttl = self.config.dedupe_ttl.as_secs().max(1);
-        let maxlen = self.config.maxlen.unwrap_or(0);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let mut pipe = redis::pipe();
         for pending in batch {
-            let record = &pending.record;
-            let command = pipe
-                .cmd("EVALSHA")
-                .arg(self.script.get_hash())
-                .arg(2)
-                .arg(&record.topic)
-                .arg(append::dedupe_key(&record.topic))
-                .arg(append::dedupe_id(record))
-                .arg(ttl)
-                .arg(maxlen);
-            for (name, value) in append::fields(record) {
-                command.arg(name).arg(value.as_ref());
-            }
+            self.command(&mut pipe, &pending.record, now_ms);
         }
         let waits = self.config.wait_replicas > 0;
         if waits {
@@ -371,7 +402,14 @@ impl Worker {
                         }
                     }
                 }
-                // An entry id: appended. Nil: appended before (a re-send).
+                // BullMQ's script answers a negative code for a job it
+                // cannot add (a missing parent: never for these jobs).
+                Value::Int(code) if *code < 0 => outcomes.push(Err(DeliveryError::permanent(
+                    PermanentReason::Rejected,
+                    format!("bullmq's addStandardJob refused the job (code {code})"),
+                ))),
+                // Streams: an entry id, appended; nil, appended before (a
+                // re-send). BullMQ: the job id, added now or before.
                 _ => outcomes.push(Ok(())),
             }
         }
@@ -406,7 +444,7 @@ impl Worker {
     async fn load_script(&self, connection: &mut MultiplexedConnection) -> Result<(), BatchError> {
         redis::cmd("SCRIPT")
             .arg("LOAD")
-            .arg(append::SCRIPT)
+            .arg(Self::script_text(&self.config.mode))
             .query_async::<String>(connection)
             .await
             .map(|_| ())
