@@ -14,6 +14,7 @@ use outbox_core::{ColumnMapping, Routing, TopicRule};
 use pg_replication::{OutboxTable, ReplicationConfig, StreamConfig};
 use serde::Deserialize;
 use sink_kafka::KafkaConfig;
+use sink_redis::RedisConfig;
 
 use crate::checkpoint_store::StoreKind;
 use crate::sink::SinkKind;
@@ -32,6 +33,8 @@ pub struct Config {
     pub sink: SinkSection,
     /// The Kafka producer (`[sink] kind = "kafka"`).
     pub kafka: KafkaSection,
+    /// Redis (`[sink] kind = "redis"`).
+    pub redis: RedisSection,
     /// outboxd's own record of the last delivered position.
     pub checkpoint: CheckpointConfig,
     /// Logging.
@@ -336,6 +339,76 @@ impl Default for KafkaSection {
     }
 }
 
+/// `[redis]`: the Redis sink (Streams). Unset keys take the sink's defaults
+/// (`sink_redis::defaults`).
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSection {
+    /// `redis://[user:password@]host:port/db`, `rediss://` for TLS. Prefer
+    /// `OUTBOXD_REDIS_URL` for a password.
+    pub url: String,
+    /// `streams` (default) or `bullmq`.
+    pub mode: RedisMode,
+    /// BullMQ's key prefix (`mode = "bullmq"`).
+    pub bullmq_prefix: String,
+    /// How long event ids are remembered per stream against re-sends
+    /// (milliseconds; default 7 days; keep it ≥ the replay window).
+    pub dedupe_ttl_ms: Option<u64>,
+    /// Trim each stream to about this many entries (`MAXLEN ~`); unset: never.
+    pub maxlen: Option<u64>,
+    /// `WAIT` for this many replicas before a record counts as delivered.
+    pub wait_replicas: u32,
+    /// The `WAIT` timeout (milliseconds; default 1000).
+    pub wait_timeout_ms: Option<u64>,
+    /// Larger records are refused for good (default 1 MiB).
+    pub max_record_bytes: Option<usize>,
+    /// Records in flight (one pipelined batch; default 512).
+    pub max_in_flight: Option<usize>,
+}
+
+/// `[redis] mode`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One stream per routed name.
+    #[default]
+    Streams,
+    /// One BullMQ queue per routed name.
+    Bullmq,
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        RedisSection {
+            url: "redis://127.0.0.1:6379".into(),
+            mode: RedisMode::Streams,
+            bullmq_prefix: "bull".into(),
+            dedupe_ttl_ms: None,
+            maxlen: None,
+            wait_replicas: 0,
+            wait_timeout_ms: None,
+            max_record_bytes: None,
+            max_in_flight: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSection")
+            .field("url", &redact_url(&self.url))
+            .field("mode", &self.mode)
+            .field("bullmq_prefix", &self.bullmq_prefix)
+            .field("dedupe_ttl_ms", &self.dedupe_ttl_ms)
+            .field("maxlen", &self.maxlen)
+            .field("wait_replicas", &self.wait_replicas)
+            .field("wait_timeout_ms", &self.wait_timeout_ms)
+            .field("max_record_bytes", &self.max_record_bytes)
+            .field("max_in_flight", &self.max_in_flight)
+            .finish()
+    }
+}
+
 /// `[checkpoint]`
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -402,6 +475,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("OUTBOXD_KAFKA_BROKERS", "kafka.brokers"),
     ("OUTBOXD_KAFKA_ON_PERMANENT_ERROR", "kafka.on_permanent_error"),
     ("OUTBOXD_KAFKA_DEAD_LETTER_TOPIC", "kafka.dead_letter_topic"),
+    ("OUTBOXD_REDIS_URL", "redis.url"),
     ("OUTBOXD_CHECKPOINT_PATH", "checkpoint.path"),
     ("OUTBOXD_CHECKPOINT_STORE", "checkpoint.store"),
     ("OUTBOXD_LOG_FORMAT", "log.format"),
@@ -467,6 +541,7 @@ impl Config {
                 }
                 "OUTBOXD_SINK_DEAD_LETTER" => self.sink.dead_letter = Some(value),
                 "OUTBOXD_KAFKA_DEAD_LETTER_TOPIC" => self.kafka.dead_letter_topic = value,
+                "OUTBOXD_REDIS_URL" => self.redis.url = value,
                 "OUTBOXD_CHECKPOINT_PATH" => self.checkpoint.path = value.into(),
                 "OUTBOXD_CHECKPOINT_STORE" => {
                     self.checkpoint.store = match value.as_str() {
@@ -590,6 +665,7 @@ impl Config {
         match (&self.sink.dead_letter, self.sink.kind) {
             (Some(destination), _) => destination.clone(),
             (None, SinkKind::Kafka) => self.kafka.dead_letter_topic.clone(),
+            (None, SinkKind::Redis) => "outboxd.dlq".into(),
         }
     }
 
@@ -607,6 +683,36 @@ impl Config {
         Ok(KafkaConfig::new(properties)?)
     }
 
+    /// The checked Redis sink settings.
+    pub fn redis(&self) -> anyhow::Result<RedisConfig> {
+        let r = &self.redis;
+        let mut config = RedisConfig::new(&r.url)?;
+        if r.mode == RedisMode::Bullmq {
+            if r.bullmq_prefix.is_empty() {
+                bail!("redis.bullmq_prefix is empty (BullMQ's own default is \"bull\")");
+            }
+            config.mode = sink_redis::Mode::BullMq {
+                prefix: r.bullmq_prefix.clone(),
+            };
+        }
+        if let Some(ms) = r.dedupe_ttl_ms {
+            config.dedupe_ttl = Duration::from_millis(ms);
+        }
+        config.maxlen = r.maxlen;
+        config.wait_replicas = r.wait_replicas;
+        if let Some(ms) = r.wait_timeout_ms {
+            config.wait_timeout = Duration::from_millis(ms);
+        }
+        if let Some(bytes) = r.max_record_bytes {
+            config.max_record_bytes = bytes;
+        }
+        if let Some(n) = r.max_in_flight {
+            config.max_in_flight = n;
+        }
+        config.check()?;
+        Ok(config)
+    }
+
     /// Checks everything that can be checked without connecting.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.replication()?;
@@ -615,6 +721,9 @@ impl Config {
         match self.sink.kind {
             SinkKind::Kafka => {
                 self.kafka()?;
+            }
+            SinkKind::Redis => {
+                self.redis()?;
             }
         }
         if !(MIN_BUFFER_BYTES..=MAX_BUFFER_BYTES).contains(&self.postgres.buffer_bytes) {
@@ -675,6 +784,8 @@ mod tests {
         config.postgres.url = "postgres://u:hunter2@db:5432/app".into();
         assert!(!format!("{config:?}").contains("hunter2"));
         config.postgres.url = "host=db user=u password=hunter2 dbname=app".into();
+        assert!(!format!("{config:?}").contains("hunter2"));
+        config.redis.url = "rediss://app:hunter2@cache:6380/1".into();
         assert!(!format!("{config:?}").contains("hunter2"));
     }
 

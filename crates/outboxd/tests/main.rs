@@ -2,9 +2,11 @@
 //! pipeline in process or the `outboxd` binary as a child process.
 
 mod admin;
+mod bullmq;
 mod check;
 mod config;
 mod conformance;
+mod conformance_redis;
 mod e2e;
 mod failover;
 mod ha;

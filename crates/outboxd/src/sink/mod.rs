@@ -6,6 +6,7 @@
 //! says how its names are checked.
 
 pub mod kafka;
+pub mod redis;
 
 use outbox_core::{AfterPermanentFailure, Delivery, DeliveryError, NameRule, Record, Sink, TxSeq};
 use serde::Deserialize;
@@ -20,6 +21,8 @@ pub enum SinkKind {
     /// Kafka (`[kafka]`), the default.
     #[default]
     Kafka,
+    /// Redis Streams (`[redis]`).
+    Redis,
 }
 
 impl SinkKind {
@@ -27,6 +30,7 @@ impl SinkKind {
     pub fn as_str(self) -> &'static str {
         match self {
             SinkKind::Kafka => "kafka",
+            SinkKind::Redis => "redis",
         }
     }
 
@@ -34,17 +38,19 @@ impl SinkKind {
     pub fn parse(value: &str) -> Option<Self> {
         match value {
             "kafka" => Some(SinkKind::Kafka),
+            "redis" => Some(SinkKind::Redis),
             _ => None,
         }
     }
 
     /// Every kind, for messages.
-    pub const ALL: &'static [&'static str] = &["kafka"];
+    pub const ALL: &'static [&'static str] = &["kafka", "redis"];
 
     /// What the destination names of this sink must look like.
     pub fn names(self) -> NameRule {
         match self {
             SinkKind::Kafka => NameRule::KafkaTopic,
+            SinkKind::Redis => redis::NAMES,
         }
     }
 }
@@ -55,6 +61,8 @@ impl SinkKind {
 pub enum AnySink {
     /// `[sink] kind = "kafka"`.
     Kafka(sink_kafka::KafkaSink),
+    /// `[sink] kind = "redis"`.
+    Redis(sink_redis::RedisSink),
 }
 
 impl AnySink {
@@ -69,6 +77,7 @@ impl AnySink {
         };
         match config.sink.kind {
             SinkKind::Kafka => kafka::build(config, deliveries, after).map(AnySink::Kafka),
+            SinkKind::Redis => redis::build(config, deliveries).map(AnySink::Redis),
         }
     }
 }
@@ -77,6 +86,7 @@ impl AnySink {
 pub async fn check(config: &Config, findings: &mut Vec<crate::check::Finding>) {
     match config.sink.kind {
         SinkKind::Kafka => kafka::check(config, findings).await,
+        SinkKind::Redis => findings.extend(redis::check(config).await),
     }
 }
 
@@ -84,12 +94,14 @@ impl Sink for AnySink {
     async fn send(&mut self, record: Record, tx: TxSeq) -> Result<(), DeliveryError> {
         match self {
             AnySink::Kafka(sink) => sink.send(record, tx).await,
+            AnySink::Redis(sink) => sink.send(record, tx).await,
         }
     }
 
     async fn flush(&mut self) -> Result<(), DeliveryError> {
         match self {
             AnySink::Kafka(sink) => sink.flush().await,
+            AnySink::Redis(sink) => sink.flush().await,
         }
     }
 }
@@ -125,6 +137,7 @@ impl DemoBroker {
     pub fn summary(kind: SinkKind) -> &'static str {
         match kind {
             SinkKind::Kafka => "an in-process Kafka",
+            SinkKind::Redis => "Redis",
         }
     }
 
@@ -132,6 +145,10 @@ impl DemoBroker {
     pub async fn start(kind: SinkKind, partitions: i32) -> anyhow::Result<Self> {
         match kind {
             SinkKind::Kafka => kafka::Demo::start(partitions).map(DemoBroker::Kafka),
+            SinkKind::Redis => anyhow::bail!(
+                "the demo runs on its in-process Kafka only; for Redis, point `outboxd run` at a Redis \
+                 with [sink] kind = \"redis\""
+            ),
         }
     }
 

@@ -1,0 +1,93 @@
+//! The Redis sink, built from `[redis]`, and what `outboxd check` says about it.
+
+use anyhow::Context;
+use outbox_core::{Delivery, NameRule};
+use sink_redis::server::Idempotency;
+use sink_redis::RedisSink;
+use tokio::sync::mpsc;
+
+use crate::check::{fail, ok, warn, Finding};
+use crate::config::Config;
+
+/// Stream names: any bytes; a bound keeps a runaway template visible.
+pub const NAMES: NameRule = NameRule::Bytes {
+    max: 1024,
+    allow_empty: false,
+};
+
+/// The sink the configuration describes.
+pub fn build(config: &Config, deliveries: mpsc::UnboundedSender<Delivery>) -> anyhow::Result<RedisSink> {
+    RedisSink::new(config.redis()?, deliveries).context("cannot create the Redis sink")
+}
+
+/// `outboxd check` for Redis: reachable, its version, how re-sends are kept
+/// from being appended twice, replicas for `wait_replicas`, trimming.
+pub async fn check(config: &Config) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let redis = match config.redis() {
+        Ok(redis) => redis,
+        Err(err) => {
+            findings.push(fail("redis configuration", format!("{err:#}"), "fix [redis]"));
+            return findings;
+        }
+    };
+    let server = match sink_redis::server::probe(&redis).await {
+        Ok(server) => server,
+        Err(err) => {
+            findings.push(fail(
+                "redis",
+                format!("cannot reach {}: {err}", redis.redacted_url()),
+                "check redis.url (host, port, password, rediss:// for TLS) and network access",
+            ));
+            return findings;
+        }
+    };
+    findings.push(ok(
+        "redis",
+        format!("{} (Redis {})", redis.redacted_url(), server.version),
+    ));
+    let idempotency = match server.idempotency {
+        Idempotency::LuaScript if server.has_idmp => {
+            "atomic Lua script with a per-stream dedupe set (the server has XADD IDMP, which keeps ids \
+             at most 24 h and 10,000 per producer; the script keeps them for redis.dedupe_ttl_ms)"
+        }
+        Idempotency::LuaScript => {
+            "atomic Lua script with a per-stream dedupe set (the server has no XADD IDMP, Redis < 8.6)"
+        }
+    };
+    findings.push(ok(
+        "redis idempotency",
+        format!("{idempotency}; ids kept {:?}", redis.dedupe_ttl),
+    ));
+    let retention = std::time::Duration::from_millis(config.retention.duration_ms);
+    if redis.dedupe_ttl < retention {
+        findings.push(warn(
+            "redis dedupe ttl",
+            format!(
+                "ids are kept {:?}, less than the replay window {retention:?}: a re-send older than that \
+                 is appended again",
+                redis.dedupe_ttl
+            ),
+            "raise redis.dedupe_ttl_ms to at least retention.duration_ms",
+        ));
+    }
+    if redis.wait_replicas > server.replicas {
+        findings.push(fail(
+            "redis replicas",
+            format!(
+                "wait_replicas = {} but {} replicas are connected: nothing would ever count as delivered",
+                redis.wait_replicas, server.replicas
+            ),
+            "lower redis.wait_replicas or attach replicas",
+        ));
+    }
+    match redis.maxlen {
+        Some(n) => findings.push(ok("redis trimming", format!("MAXLEN ~ {n} per stream"))),
+        None => findings.push(warn(
+            "redis trimming",
+            "streams are never trimmed: each grows by every event until a consumer or an operator trims it",
+            "set redis.maxlen (XADD MAXLEN ~), or trim with XTRIM after consumers have read",
+        )),
+    }
+    findings
+}
