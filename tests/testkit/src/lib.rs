@@ -39,6 +39,7 @@ mod error;
 pub mod kafka;
 mod os_user;
 mod process;
+pub mod rabbitmq;
 
 pub use cluster::{PasswordAuth, PgCluster, PgClusterBuilder, StopMode};
 pub use error::HarnessError;
