@@ -16,6 +16,11 @@
 //!
 //! A failed record stops progress at its transaction for good: nothing after it
 //! is confirmed until the process restarts and the slot re-sends it.
+//!
+//! Each transaction carries its owner's data `T` (the pipeline keeps its last
+//! event and commit time there): when a transaction is confirmed its data
+//! comes back from [`AckTracker::take_confirmed`], so nothing keeps a mirror
+//! queue keyed by LSN beside the tracker (Vector's `FinalizerSet<T>` idea).
 
 use std::collections::VecDeque;
 
@@ -60,18 +65,21 @@ pub enum AckError {
 }
 
 #[derive(Debug, Clone)]
-struct Entry {
+struct Entry<T> {
     /// Known once committed.
     end_lsn: Option<Lsn>,
     /// Records sent and not yet reported delivered.
     outstanding: u64,
     failed: bool,
+    data: T,
 }
 
 /// See the module notes.
 #[derive(Debug, Clone)]
-pub struct AckTracker {
-    entries: VecDeque<Entry>,
+pub struct AckTracker<T = ()> {
+    entries: VecDeque<Entry<T>>,
+    /// Confirmed transactions whose data the owner has not taken yet.
+    released: VecDeque<(Lsn, T)>,
     /// Sequence number of `entries[0]`.
     base: u64,
     confirmed: Lsn,
@@ -80,11 +88,12 @@ pub struct AckTracker {
     in_flight_records: u64,
 }
 
-impl AckTracker {
+impl<T> AckTracker<T> {
     /// A tracker whose confirmed position starts at `start` (e.g. the slot's position).
     pub fn new(start: Lsn) -> Self {
         AckTracker {
             entries: VecDeque::new(),
+            released: VecDeque::new(),
             base: 0,
             confirmed: start,
             last_end: start,
@@ -112,12 +121,13 @@ impl AckTracker {
         self.in_flight_records
     }
 
-    /// Opens the next transaction of the stream.
-    pub fn begin(&mut self) -> TxSeq {
+    /// Opens the next transaction of the stream, carrying `data`.
+    pub fn begin(&mut self, data: T) -> TxSeq {
         self.entries.push_back(Entry {
             end_lsn: None,
             outstanding: 0,
             failed: false,
+            data,
         });
         TxSeq(self.base + self.entries.len() as u64 - 1)
     }
@@ -153,7 +163,7 @@ impl AckTracker {
     }
 
     /// Opens, counts and closes a transaction with `records` records.
-    pub fn push(&mut self, end_lsn: Lsn, records: u64) -> Result<TxSeq, AckError> {
+    pub fn push(&mut self, end_lsn: Lsn, records: u64, data: T) -> Result<TxSeq, AckError> {
         if end_lsn <= self.last_end {
             return Err(AckError::OutOfOrder {
                 seq: self.base + self.entries.len() as u64,
@@ -161,7 +171,7 @@ impl AckTracker {
                 previous: self.last_end,
             });
         }
-        let tx = self.begin();
+        let tx = self.begin(data);
         if let Some(entry) = self.entries.back_mut() {
             entry.outstanding = records;
         }
@@ -194,7 +204,18 @@ impl AckTracker {
         Ok(())
     }
 
-    fn entry(&mut self, tx: TxSeq) -> Result<&mut Entry, AckError> {
+    /// The data of a transaction not yet confirmed.
+    pub fn data_mut(&mut self, tx: TxSeq) -> Result<&mut T, AckError> {
+        Ok(&mut self.entry(tx)?.data)
+    }
+
+    /// The end LSN and data of every transaction confirmed since the last
+    /// call, in stream order.
+    pub fn take_confirmed(&mut self) -> std::collections::vec_deque::Drain<'_, (Lsn, T)> {
+        self.released.drain(..)
+    }
+
+    fn entry(&mut self, tx: TxSeq) -> Result<&mut Entry<T>, AckError> {
         let index = tx.0.checked_sub(self.base).ok_or(AckError::Unknown(tx.0))?;
         let index = usize::try_from(index).map_err(|_| AckError::Unknown(tx.0))?;
         self.entries.get_mut(index).ok_or(AckError::Unknown(tx.0))
@@ -206,7 +227,9 @@ impl AckTracker {
             match front.end_lsn {
                 Some(end_lsn) if front.outstanding == 0 && !front.failed => {
                     self.confirmed = end_lsn;
-                    self.entries.pop_front();
+                    if let Some(entry) = self.entries.pop_front() {
+                        self.released.push_back((end_lsn, entry.data));
+                    }
                     self.base += 1;
                 }
                 _ => break,

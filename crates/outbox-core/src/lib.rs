@@ -4,15 +4,22 @@
 //! turns each into an [`OutboxEvent`] by a [`ColumnMapping`], routes it to a
 //! [`Record`] (topic, key, value, headers) by [`Routing`], and tracks which
 //! positions are safe to acknowledge ([`AckTracker`]). It knows nothing of
-//! Kafka or Postgres I/O: sinks implement [`Sink`].
+//! any broker or of Postgres I/O: sinks implement [`Sink`], whose contract
+//! (order in, one outcome per record, failures classified by the sink) is in
+//! the [`sink`] module notes.
 
 mod ack;
 mod event;
+mod retention;
 mod routing;
-mod sink;
+pub mod sink;
 
 pub use ack::{AckError, AckTracker, TxSeq};
 pub use event::{ColumnLookup, ColumnMapping, MappingError, OutboxEvent, Position};
 pub use pgoutput::Lsn;
-pub use routing::{header, Record, Routing, RoutingError, TemplateError, TopicRule};
-pub use sink::{Delivery, DeliveryError, ErrorClass, Sink};
+pub use retention::RetentionWindow;
+pub use routing::{
+    check_template, header, render_template, NameRule, Record, Routing, RoutingError, TemplateError,
+    TopicRule,
+};
+pub use sink::{Delivery, DeliveryError, ErrorClass, PermanentReason, Sink};

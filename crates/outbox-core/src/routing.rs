@@ -58,15 +58,59 @@ pub struct Record {
     pub position: Position,
 }
 
+/// What makes a destination name legal; each sink says which rule its names
+/// follow, so a name it would refuse is caught when the record is routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum NameRule {
+    /// 1-249 characters of `a-z A-Z 0-9 . _ -`, not `.` or `..` (a Kafka topic).
+    #[default]
+    KafkaTopic,
+    /// Any UTF-8 of at most this many bytes (an AMQP routing key: 255).
+    Bytes {
+        /// The limit.
+        max: usize,
+        /// Whether the empty name is legal.
+        allow_empty: bool,
+    },
+}
+
+impl NameRule {
+    /// Checks `name`; the error says what is legal.
+    pub fn check(self, name: &str) -> Result<(), String> {
+        match self {
+            NameRule::KafkaTopic => {
+                let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+                if name.is_empty()
+                    || name.len() > 249
+                    || !name.chars().all(legal)
+                    || name == "."
+                    || name == ".."
+                {
+                    return Err("1-249 characters of a-z, A-Z, 0-9, '.', '_', '-', not '.' or '..'".into());
+                }
+            }
+            NameRule::Bytes { max, allow_empty } => {
+                if name.len() > max || (name.is_empty() && !allow_empty) {
+                    return Err(format!("{} to {max} bytes", if allow_empty { 0 } else { 1 }));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A record that cannot be routed. Permanent for that event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RoutingError {
-    /// The computed topic is not a legal topic name.
-    #[error("topic {topic:?} is not a valid topic name (1-249 characters of a-z, A-Z, 0-9, '.', '_', '-')")]
+    /// The computed destination is not a legal name for the sink.
+    #[error("{topic:?} is not a valid destination name ({rule})")]
     InvalidTopic {
         /// The name.
         topic: String,
+        /// What is legal.
+        rule: String,
     },
     /// Routing by column, but the event has no topic value.
     #[error("routing by topic column, but the event has no topic value")]
@@ -86,6 +130,36 @@ pub struct TemplateError {
 pub struct Routing {
     topic: TopicRule,
     tombstone_on_null: bool,
+    names: NameRule,
+}
+
+/// Checks that `template` uses only the known placeholders
+/// (`${aggregatetype}`, `${type}`).
+pub fn check_template(template: &str) -> Result<(), TemplateError> {
+    let mut rest = template;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let end = after.find('}').unwrap_or(after.len());
+        let placeholder = &after[..end];
+        if !matches!(placeholder, "aggregatetype" | "type") {
+            return Err(TemplateError {
+                template: template.to_owned(),
+                placeholder: placeholder.to_owned(),
+            });
+        }
+        rest = &after[end..];
+    }
+    Ok(())
+}
+
+/// Fills a template's `${aggregatetype}` and `${type}` placeholders. Sinks
+/// with more than one name per record (an exchange beside a routing key)
+/// render their other templates with it, from the record's `aggregatetype`
+/// and `type` headers.
+pub fn render_template(template: &str, aggregate_type: &str, event_type: &str) -> String {
+    template
+        .replace("${aggregatetype}", aggregate_type)
+        .replace("${type}", event_type)
 }
 
 impl Routing {
@@ -93,39 +167,32 @@ impl Routing {
     /// tombstone (null value); otherwise an empty value.
     pub fn new(topic: TopicRule, tombstone_on_null: bool) -> Result<Self, TemplateError> {
         if let TopicRule::Template(template) = &topic {
-            let mut rest = template.as_str();
-            while let Some(start) = rest.find("${") {
-                let after = &rest[start + 2..];
-                let end = after.find('}').unwrap_or(after.len());
-                let placeholder = &after[..end];
-                if !matches!(placeholder, "aggregatetype" | "type") {
-                    return Err(TemplateError {
-                        template: template.clone(),
-                        placeholder: placeholder.to_owned(),
-                    });
-                }
-                rest = &after[end..];
-            }
+            check_template(template)?;
         }
         Ok(Routing {
             topic,
             tombstone_on_null,
+            names: NameRule::default(),
         })
+    }
+
+    /// The same rules, checking names by `names` (the default is Kafka's).
+    pub fn with_names(mut self, names: NameRule) -> Self {
+        self.names = names;
+        self
     }
 
     /// The record for `event`; `end_lsn` when the transaction's end is known.
     pub fn route(&self, event: &OutboxEvent, end_lsn: Option<Lsn>) -> Result<Record, RoutingError> {
         let topic = match &self.topic {
-            TopicRule::Template(template) => template
-                .replace("${aggregatetype}", &event.aggregate_type)
-                .replace("${type}", &event.event_type),
+            TopicRule::Template(template) => {
+                render_template(template, &event.aggregate_type, &event.event_type)
+            }
             TopicRule::Fixed(topic) => topic.clone(),
             TopicRule::Column => event.topic.clone().ok_or(RoutingError::NoTopicColumn)?,
         };
-        let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-        if topic.is_empty() || topic.len() > 249 || !topic.chars().all(legal) || topic == "." || topic == ".."
-        {
-            return Err(RoutingError::InvalidTopic { topic });
+        if let Err(rule) = self.names.check(&topic) {
+            return Err(RoutingError::InvalidTopic { topic, rule });
         }
         let value = match &event.payload {
             Some(payload) => Some(payload.clone()),

@@ -10,9 +10,9 @@ fn lsn(raw: u64) -> Lsn {
 
 #[test]
 fn confirmed_is_the_end_of_the_delivered_prefix_not_the_last_report() {
-    let mut t = AckTracker::new(lsn(100));
-    let a = t.push(lsn(200), 2).unwrap();
-    let b = t.push(lsn(300), 1).unwrap();
+    let mut t: AckTracker = AckTracker::new(lsn(100));
+    let a = t.push(lsn(200), 2, ()).unwrap();
+    let b = t.push(lsn(300), 1, ()).unwrap();
     t.delivered(b).unwrap();
     assert_eq!(t.confirmed(), lsn(100), "b is delivered but a is not");
     t.delivered(a).unwrap();
@@ -24,20 +24,20 @@ fn confirmed_is_the_end_of_the_delivered_prefix_not_the_last_report() {
 
 #[test]
 fn transaction_without_records_is_delivered_once_its_predecessors_are() {
-    let mut t = AckTracker::new(lsn(0));
-    let a = t.push(lsn(10), 1).unwrap();
-    t.push(lsn(20), 0).unwrap();
+    let mut t: AckTracker = AckTracker::new(lsn(0));
+    let a = t.push(lsn(10), 1, ()).unwrap();
+    t.push(lsn(20), 0, ()).unwrap();
     assert_eq!(t.confirmed(), lsn(0));
     t.delivered(a).unwrap();
     assert_eq!(t.confirmed(), lsn(20));
-    t.push(lsn(30), 0).unwrap();
+    t.push(lsn(30), 0, ()).unwrap();
     assert_eq!(t.confirmed(), lsn(30));
 }
 
 #[test]
 fn records_in_flight_before_commit_hold_the_transaction_open() {
-    let mut t = AckTracker::new(lsn(0));
-    let tx = t.begin();
+    let mut t: AckTracker = AckTracker::new(lsn(0));
+    let tx = t.begin(());
     t.record(tx).unwrap();
     t.delivered(tx).unwrap();
     assert_eq!(t.confirmed(), lsn(0), "delivered, but the commit is not read yet");
@@ -50,10 +50,10 @@ fn records_in_flight_before_commit_hold_the_transaction_open() {
 
 #[test]
 fn failed_record_stops_progress_for_good() {
-    let mut t = AckTracker::new(lsn(0));
-    let a = t.push(lsn(10), 1).unwrap();
-    let b = t.push(lsn(20), 2).unwrap();
-    let c = t.push(lsn(30), 1).unwrap();
+    let mut t: AckTracker = AckTracker::new(lsn(0));
+    let a = t.push(lsn(10), 1, ()).unwrap();
+    let b = t.push(lsn(20), 2, ()).unwrap();
+    let c = t.push(lsn(30), 1, ()).unwrap();
     t.delivered(a).unwrap();
     t.failed(b).unwrap();
     t.delivered(b).unwrap();
@@ -64,10 +64,10 @@ fn failed_record_stops_progress_for_good() {
 
 #[test]
 fn caller_mistakes_are_errors_not_progress() {
-    let mut t = AckTracker::new(lsn(100));
-    let a = t.push(lsn(200), 1).unwrap();
+    let mut t: AckTracker = AckTracker::new(lsn(100));
+    let a = t.push(lsn(200), 1, ()).unwrap();
     assert_eq!(
-        t.push(lsn(150), 1),
+        t.push(lsn(150), 1, ()),
         Err(AckError::OutOfOrder {
             seq: 1,
             end_lsn: lsn(150),
@@ -82,7 +82,7 @@ fn caller_mistakes_are_errors_not_progress() {
         Err(AckError::Unknown(0)),
         "a is confirmed and gone"
     );
-    let b = t.begin();
+    let b = t.begin(());
     assert_eq!(t.delivered(b), Err(AckError::TooManyDeliveries(1)));
     assert_eq!(t.confirmed(), lsn(200));
 }
@@ -118,7 +118,7 @@ proptest! {
     #[test]
     fn tracker_matches_the_model(ops in vec((0u8..6, any::<u16>()), 0..300)) {
         let start = 1_000u64;
-        let mut tracker = AckTracker::new(lsn(start));
+        let mut tracker: AckTracker = AckTracker::new(lsn(start));
         let mut model: Vec<ModelTx> = Vec::new();
         let mut seqs: Vec<TxSeq> = Vec::new();
         let mut next_end = start;
@@ -126,7 +126,7 @@ proptest! {
             let pick = |n: usize| usize::from(choice) % n.max(1);
             match kind {
                 0 => {
-                    seqs.push(tracker.begin());
+                    seqs.push(tracker.begin(()));
                     model.push(ModelTx::default());
                 }
                 1 => {
@@ -168,4 +168,23 @@ proptest! {
             prop_assert_eq!(tracker.in_flight_records(), in_flight);
         }
     }
+}
+
+#[test]
+fn confirmed_transactions_hand_back_their_data_in_stream_order() {
+    let mut t: AckTracker<&str> = AckTracker::new(lsn(0));
+    let a = t.begin("a");
+    t.record(a).unwrap();
+    t.commit(a, lsn(10)).unwrap();
+    let b = t.push(lsn(20), 1, "b").unwrap();
+    t.push(lsn(30), 0, "c").unwrap();
+    *t.data_mut(b).unwrap() = "b2";
+    t.delivered(b).unwrap();
+    assert_eq!(t.take_confirmed().count(), 0, "a holds the prefix back");
+    t.delivered(a).unwrap();
+    assert_eq!(
+        t.take_confirmed().collect::<Vec<_>>(),
+        vec![(lsn(10), "a"), (lsn(20), "b2"), (lsn(30), "c")]
+    );
+    assert_eq!(t.data_mut(b), Err(AckError::Unknown(1)));
 }

@@ -14,6 +14,8 @@ use pg_replication::{OutboxTable, ReplicationConfig, StreamConfig};
 use serde::Deserialize;
 use sink_kafka::KafkaConfig;
 
+use crate::sink::SinkKind;
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -24,7 +26,9 @@ pub struct Config {
     pub outbox: OutboxColumns,
     /// Topic, key and headers of the records.
     pub routing: RoutingConfig,
-    /// The Kafka producer and the permanent-error policy.
+    /// Which broker, and what to do with records it can never take.
+    pub sink: SinkSection,
+    /// The Kafka producer (`[sink] kind = "kafka"`).
     pub kafka: KafkaSection,
     /// outboxd's own record of the last delivered position.
     pub checkpoint: CheckpointConfig,
@@ -261,6 +265,24 @@ pub enum PermanentErrorPolicy {
     DeadLetter,
 }
 
+/// `[sink]`: the broker records go to, and the policy for records it can
+/// never take. The policy keys may also stand in `[kafka]`, where earlier
+/// versions read them; a value here wins, and different values in both
+/// places are refused.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkSection {
+    /// `kafka` (default).
+    pub kind: SinkKind,
+    /// `stop` (default) or `dead-letter`.
+    pub on_permanent_error: Option<PermanentErrorPolicy>,
+    /// Where dead-lettered records go (a topic; default `outboxd.dlq`).
+    pub dead_letter: Option<String>,
+    /// How long a shutdown waits for outstanding deliveries, in milliseconds
+    /// (default 30 s).
+    pub drain_timeout_ms: Option<u64>,
+}
+
 /// `[kafka]`
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -343,6 +365,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("OUTBOXD_POSTGRES_SLOT", "postgres.slot"),
     ("OUTBOXD_POSTGRES_PUBLICATION", "postgres.publication"),
     ("OUTBOXD_POSTGRES_TABLES", "postgres.tables (comma-separated)"),
+    ("OUTBOXD_SINK", "sink.kind"),
     ("OUTBOXD_KAFKA_BROKERS", "kafka.brokers"),
     ("OUTBOXD_KAFKA_ON_PERMANENT_ERROR", "kafka.on_permanent_error"),
     ("OUTBOXD_KAFKA_DEAD_LETTER_TOPIC", "kafka.dead_letter_topic"),
@@ -391,6 +414,14 @@ impl Config {
                         .map(|t| t.trim().to_owned())
                         .filter(|t| !t.is_empty())
                         .collect()
+                }
+                "OUTBOXD_SINK" => {
+                    self.sink.kind = SinkKind::parse(&value).with_context(|| {
+                        format!(
+                            "OUTBOXD_SINK={value:?}: expected one of {}",
+                            SinkKind::ALL.join(", ")
+                        )
+                    })?
                 }
                 "OUTBOXD_KAFKA_BROKERS" => self.kafka.brokers = Some(value),
                 "OUTBOXD_KAFKA_ON_PERMANENT_ERROR" => {
@@ -496,7 +527,33 @@ impl Config {
         } else {
             TopicRule::Fixed(self.routing.topic.clone())
         };
-        Ok(Routing::new(rule, self.routing.tombstone_on_null)?)
+        Ok(Routing::new(rule, self.routing.tombstone_on_null)?.with_names(self.sink.kind.names()))
+    }
+
+    /// The permanent-error policy (`[sink]`, else `[kafka]`).
+    pub fn policy(&self) -> anyhow::Result<PermanentErrorPolicy> {
+        let legacy = self.kafka.on_permanent_error;
+        match self.sink.on_permanent_error {
+            Some(policy) if legacy != PermanentErrorPolicy::default() && policy != legacy => bail!(
+                "sink.on_permanent_error = {policy:?} and kafka.on_permanent_error = {legacy:?} disagree: \
+                 set it once, in [sink]"
+            ),
+            Some(policy) => Ok(policy),
+            None => Ok(legacy),
+        }
+    }
+
+    /// Where dead-lettered records go (`[sink] dead_letter`, else the sink's own default).
+    pub fn dead_letter(&self) -> String {
+        match (&self.sink.dead_letter, self.sink.kind) {
+            (Some(destination), _) => destination.clone(),
+            (None, SinkKind::Kafka) => self.kafka.dead_letter_topic.clone(),
+        }
+    }
+
+    /// How long a shutdown waits for outstanding deliveries.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.sink.drain_timeout_ms.unwrap_or(self.kafka.drain_timeout_ms))
     }
 
     /// The checked producer settings.
@@ -513,11 +570,24 @@ impl Config {
         self.replication()?;
         self.tables()?;
         self.routing()?;
-        self.kafka()?;
-        if self.kafka.on_permanent_error == PermanentErrorPolicy::DeadLetter
-            && self.kafka.dead_letter_topic.is_empty()
-        {
-            bail!("kafka.on_permanent_error = \"dead-letter\" needs kafka.dead_letter_topic");
+        match self.sink.kind {
+            SinkKind::Kafka => {
+                self.kafka()?;
+            }
+        }
+        if self.policy()? == PermanentErrorPolicy::DeadLetter {
+            let destination = self.dead_letter();
+            if destination.is_empty() {
+                bail!(
+                    "on_permanent_error = \"dead-letter\" needs a dead-letter destination (sink.dead_letter)"
+                );
+            }
+            if let Err(rule) = self.sink.kind.names().check(&destination) {
+                bail!(
+                    "sink.dead_letter {destination:?} is not a valid {} name ({rule})",
+                    self.sink.kind.as_str()
+                );
+            }
         }
         Ok(())
     }

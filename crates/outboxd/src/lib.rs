@@ -2,7 +2,8 @@
 //!
 //! Place in outboxd: the binary's library half. It reads the configuration
 //! ([`config`]), wires `pg-replication`'s stream through `outbox-core`'s
-//! mapping, routing and `AckTracker` into a sink ([`pipeline`]), keeps the
+//! mapping, routing and `AckTracker` into any sink ([`pipeline`]; the one
+//! module that names brokers is [`sink`], which builds the configured one), keeps the
 //! checkpoint ([`checkpoint`]), and implements the commands (`run`,
 //! `setup`, `demo`). `main.rs` only parses flags, sets up logging and
 //! signals, and calls in here.
@@ -10,6 +11,7 @@
 pub mod admin;
 pub mod check;
 pub mod checkpoint;
+pub mod checkpoint_writer;
 pub mod config;
 pub mod demo;
 pub mod maintenance;
@@ -18,3 +20,5 @@ pub mod pipeline;
 pub mod replay;
 pub mod run;
 pub mod setup;
+pub mod sink;
+pub mod source;

@@ -9,7 +9,6 @@
 //! report of its records (this process's system clock). On one machine the
 //! clocks are the same; across machines the figure includes their skew.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -51,8 +50,6 @@ pub struct Metrics {
     last_delivery_ms: AtomicU64,
     stalled_since_ms: AtomicU64,
     stream: Mutex<Option<Arc<StreamStats>>>,
-    // Transactions committed and not yet confirmed: (end_lsn, commit time).
-    pending_commits: Mutex<VecDeque<(Lsn, PgTimestamp)>>,
     samples: Option<Mutex<Vec<Duration>>>,
 }
 
@@ -162,7 +159,6 @@ impl Metrics {
             last_delivery_ms: AtomicU64::new(now_ms()),
             stalled_since_ms: AtomicU64::new(0),
             stream: Mutex::new(None),
-            pending_commits: Mutex::new(VecDeque::new()),
             samples: samples.then(|| Mutex::new(Vec::new())),
         }
     }
@@ -196,7 +192,7 @@ impl Metrics {
     pub(crate) fn delivery_error(&self, class: outbox_core::ErrorClass) {
         self.last_delivery_ms.store(now_ms(), Ordering::Relaxed);
         self.in_flight.dec();
-        let class = format!("{class:?}").to_ascii_lowercase();
+        let class = class.as_str().to_owned();
         self.delivery_errors.get_or_create(&ClassLabel { class }).inc();
     }
 
@@ -204,30 +200,21 @@ impl Metrics {
         self.dead_lettered.inc();
     }
 
-    pub(crate) fn committed(&self, end_lsn: Lsn, commit_time: PgTimestamp) {
-        self.pending_commits
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back((end_lsn, commit_time));
-    }
-
+    /// The delivered prefix now ends at `confirmed`.
     pub(crate) fn acked(&self, confirmed: Lsn) {
         self.acked_lsn.set(confirmed.as_u64() as i64);
-        let now = SystemTime::now();
-        let mut pending = self.pending_commits.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(&(end_lsn, commit_time)) = pending.front() {
-            if end_lsn > confirmed {
-                break;
-            }
-            pending.pop_front();
-            let latency = commit_time
-                .to_system_time()
-                .and_then(|t| now.duration_since(t).ok())
-                .unwrap_or_default();
-            self.commit_to_ack.observe(latency.as_secs_f64());
-            if let Some(samples) = &self.samples {
-                samples.lock().unwrap_or_else(|e| e.into_inner()).push(latency);
-            }
+    }
+
+    /// A transaction committed at `commit_time` (server clock) is confirmed
+    /// now: its last record's outcome completed the delivered prefix.
+    pub(crate) fn confirmed(&self, commit_time: PgTimestamp) {
+        let latency = commit_time
+            .to_system_time()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .unwrap_or_default();
+        self.commit_to_ack.observe(latency.as_secs_f64());
+        if let Some(samples) = &self.samples {
+            samples.lock().unwrap_or_else(|e| e.into_inner()).push(latency);
         }
     }
 

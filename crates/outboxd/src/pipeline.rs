@@ -1,42 +1,74 @@
-//! The pipeline: replication stream → outbox events → records → sink, and
-//! delivery reports → `AckTracker` → acknowledgements to the slot.
+//! The pipeline: events in commit order → records → sink, and delivery
+//! outcomes → `AckTracker` → acknowledgements to the source.
 //!
 //! One task does everything that has an order: it reads events in commit
-//! order, sends each record to the sink before reading the next (a full
-//! producer queue therefore stops reading the slot), and applies delivery
-//! reports to the tracker. Only the tracker's confirmed position — the end of
-//! the longest prefix of transactions whose every record was acknowledged by
-//! the broker — is ever acknowledged to Postgres or written to the checkpoint.
+//! order, hands each record to the sink before reading the next (a sink that
+//! waits for room therefore stops reading the slot), and applies delivery
+//! outcomes to the tracker. It works with any [`EventSource`] and any
+//! [`Sink`]: nothing here names a broker.
+//!
+//! # Progress tracking
+//!
+//! What is acknowledged to Postgres is decided in three layers, each of which
+//! can only hold the position back, never move it past the layer before:
+//!
+//! 1. **The delivered prefix** ([`outbox_core::AckTracker`]): the `end_lsn`
+//!    of the longest prefix of transactions whose every record the sink
+//!    reported delivered. Reports arrive in any order; a transaction with no
+//!    outbox rows counts as delivered once its predecessors are. A record that
+//!    fails for good stops the prefix before its transaction, for good.
+//! 2. **The replay window** ([`outbox_core::RetentionWindow`]): a delivered
+//!    position is released to the slot only once it is `retention.duration`
+//!    old and `retention.bytes` behind the received position, so the WAL after
+//!    it stays on the server for `outboxd replay`. The checkpoint still records
+//!    the delivered prefix, so a restart re-sends nothing.
+//! 3. **The idle advance** (in `pg-replication`): while nothing is in flight
+//!    and no transaction is open, the stream itself may report the server's
+//!    keepalive position, past transactions without outbox rows; it never
+//!    does while the pipeline holds anything unacknowledged.
+//!
+//! The stream sends the acknowledged position as both `write` and `flush` of
+//! its standby status updates on its own timer (see `pg-replication`'s
+//! `progress` module and PostgreSQL's [streaming replication protocol]), so a
+//! stalled sink never times the walsender out.
 //!
 //! A record that can never be delivered is handled by the policy: `stop`
 //! (nothing past it is acknowledged; the run ends with an error naming the
-//! event) or `dead-letter` (the record goes to the dead-letter topic with the
-//! error in its headers; its transaction counts as delivered when that
-//! record is).
+//! event) or `dead-letter` (the record goes to the dead-letter destination
+//! with the error in its headers; its transaction counts as delivered when
+//! that record is). A failure that is not the record's own — a mapped column
+//! missing from the table, which every later row shares — stops under either
+//! policy: dead-lettering it would dead-letter the whole stream.
+//!
+//! [streaming replication protocol]: https://www.postgresql.org/docs/current/protocol-replication.html
 
-use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use outbox_core::{
-    header, AckTracker, ColumnLookup, ColumnMapping, Delivery, DeliveryError, ErrorClass, Lsn, Position,
-    Record, Routing, Sink, TxSeq,
+    header, AckTracker, ColumnLookup, ColumnMapping, Delivery, DeliveryError, ErrorClass, Lsn, MappingError,
+    PermanentReason, Position, Record, RetentionWindow, Routing, Sink, TxSeq,
 };
-use pg_replication::{AckHandle, ReplicationEvent, ReplicationStream};
-use pgoutput::ColumnValue;
+use pg_replication::ReplicationEvent;
+use pgoutput::{ColumnValue, PgTimestamp};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::checkpoint::{Checkpoint, CheckpointStore, LastEvent};
+use crate::checkpoint_writer::CheckpointWriter;
 use crate::config::PermanentErrorPolicy;
 use crate::metrics::Metrics;
+use crate::source::EventSource;
 
 /// Header with the error of a dead-lettered record.
 pub const DLQ_ERROR_HEADER: &str = "outboxd.error";
-/// Header with the topic the dead-lettered record was meant for.
+/// Header with the destination the dead-lettered record was meant for.
 pub const DLQ_TOPIC_HEADER: &str = "outboxd.original_topic";
+/// Header with the class of the error (`too_large`, `unroutable`, …).
+pub const DLQ_REASON_HEADER: &str = "outboxd.error_reason";
 
 /// How the pipeline behaves.
 #[derive(Debug, Clone)]
@@ -47,7 +79,7 @@ pub struct PipelineOptions {
     pub routing: Routing,
     /// Permanent-error policy.
     pub policy: PermanentErrorPolicy,
-    /// Dead-letter topic.
+    /// Dead-letter destination (a topic, a routing key, …).
     pub dead_letter_topic: String,
     /// How long shutdown waits for outstanding deliveries.
     pub drain_timeout: Duration,
@@ -61,13 +93,8 @@ pub struct PipelineOptions {
     pub retention: Retention,
 }
 
-/// The replay window. The slot is acknowledged only up to a delivered
-/// position that is at least `duration` old and at least `bytes` of WAL
-/// behind the received position, so WAL after it stays on the server and
-/// `outboxd replay` can re-read it. The checkpoint still records what was
-/// delivered, so a restart re-sends nothing. Zero for both: acknowledge at
-/// once. Measured against the received position (not the delivered one), so
-/// an idle outbox in a busy database still lets the slot move on.
+/// The replay window's size (see [`RetentionWindow`]). Zero for both:
+/// acknowledge at once.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Retention {
     /// Minimum age of an acknowledged position.
@@ -81,11 +108,11 @@ pub struct Retention {
 pub struct Summary {
     /// Records handed to the sink.
     pub sent: u64,
-    /// Records the broker acknowledged.
+    /// Records the destination acknowledged.
     pub delivered: u64,
-    /// Records sent to the dead-letter topic.
+    /// Records sent to the dead-letter destination.
     pub dead_lettered: u64,
-    /// The last acknowledged position.
+    /// The end of the delivered prefix.
     pub confirmed: Lsn,
 }
 
@@ -93,11 +120,12 @@ pub struct Summary {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PipelineError {
-    /// A record could not be delivered and the policy is `stop`.
+    /// A record could not be delivered and the policy is `stop` (or the
+    /// failure is not the record's own).
     #[error(
         "outbox event id={id} from {table} (commit LSN {commit_lsn}, index {index}) cannot be delivered: {error}; \
          nothing from this transaction on was acknowledged (slot confirmed at {confirmed}). Fix the cause \
-         and restart, or set kafka.on_permanent_error = \"dead-letter\""
+         and restart{hint}"
     )]
     Undeliverable {
         /// The event id (or `?` if the row had none).
@@ -112,8 +140,10 @@ pub enum PipelineError {
         error: String,
         /// Where acknowledgements stopped.
         confirmed: Lsn,
+        /// What else the operator can do.
+        hint: &'static str,
     },
-    /// The sink is broken (fatal producer error).
+    /// The sink is broken (a fatal error).
     #[error("the sink failed: {0}; nothing after {1} was acknowledged")]
     Sink(DeliveryError, Lsn),
     /// The replication stream failed.
@@ -139,6 +169,19 @@ struct Failure {
     id: String,
     position: Position,
     error: String,
+    /// Whether dead-lettering could have gone on past it.
+    record_only: bool,
+}
+
+/// What the tracker keeps of each transaction in flight.
+#[derive(Debug)]
+struct TxData {
+    commit_time: PgTimestamp,
+    /// Its last outbox event so far (the checkpoint names the last delivered one).
+    last: Option<LastEvent>,
+    /// Ids of its dead-letter records awaiting their outcome: if one fails
+    /// too, the run stops instead of dead-lettering it again.
+    dead_letters: Vec<String>,
 }
 
 /// The running pipeline.
@@ -146,33 +189,22 @@ pub struct Pipeline<S> {
     options: PipelineOptions,
     sink: S,
     deliveries: mpsc::UnboundedReceiver<Delivery>,
-    tracker: AckTracker,
-    ack: AckHandle,
-    checkpoint: Option<CheckpointStore>,
+    tracker: AckTracker<TxData>,
+    window: RetentionWindow,
+    checkpoint: Option<CheckpointWriter>,
     last_checkpoint: Instant,
     checkpointed: Lsn,
-    acked: Lsn,
+    /// The open transaction and its commit LSN.
     open: Option<(TxSeq, Lsn)>,
     failure: Option<Failure>,
     summary: Summary,
     metrics: Arc<Metrics>,
-    /// Delivered positions not yet acknowledged because of retention, with
-    /// when they were delivered (at most one entry per 100 ms).
-    history: VecDeque<(Lsn, Instant)>,
+    /// End of the delivered prefix as last seen by `acknowledge`.
     delivered: Lsn,
-    stream_stats: Option<Arc<pg_replication::StreamStats>>,
-    /// Records sent whose delivery report has not arrived.
-    outstanding: usize,
-    /// The last event of the open transaction.
-    open_last: Option<LastEvent>,
-    /// The last event of each committed transaction not yet confirmed, in
-    /// stream order (one entry per transaction in flight).
-    committed_last: VecDeque<(Lsn, LastEvent)>,
-    /// The last event of the confirmed prefix, for the checkpoint.
+    /// The last event of the delivered prefix, for the checkpoint.
     last_delivered: Option<LastEvent>,
-    /// Dead-letter records awaiting their report, by transaction and event
-    /// id: if one fails too, the run stops instead of dead-lettering it again.
-    dead_letters: HashSet<(TxSeq, String)>,
+    /// Records sent whose outcome has not arrived.
+    outstanding: usize,
 }
 
 impl<S> std::fmt::Debug for Pipeline<S> {
@@ -185,28 +217,34 @@ impl<S> std::fmt::Debug for Pipeline<S> {
 
 impl<S: Sink> Pipeline<S> {
     /// A pipeline starting at `start` (everything before it is delivered).
+    /// The sink reports outcomes on `deliveries`.
     pub fn new(
         options: PipelineOptions,
         sink: S,
         deliveries: mpsc::UnboundedReceiver<Delivery>,
-        ack: AckHandle,
         start: Lsn,
         checkpoint: Option<CheckpointStore>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let now = Instant::now();
+        // The slot may be behind `start` (a replay window, or a checkpoint
+        // written after the last status update): `start` is released to the
+        // slot like any delivered position, subject to retention.
+        let window = RetentionWindow::new(
+            options.retention.duration,
+            options.retention.bytes,
+            start,
+            now.into_std(),
+        );
         Pipeline {
             options,
             sink,
             deliveries,
             tracker: AckTracker::new(start),
-            ack,
-            checkpoint,
-            last_checkpoint: Instant::now(),
+            window,
+            checkpoint: checkpoint.map(CheckpointWriter::spawn),
+            last_checkpoint: now,
             checkpointed: start,
-            // The slot may be behind `start` (a replay window, or a
-            // checkpoint written after the last status update): `start` is
-            // acknowledged like any delivered position, subject to retention.
-            acked: Lsn::ZERO,
             open: None,
             failure: None,
             summary: Summary {
@@ -214,44 +252,49 @@ impl<S: Sink> Pipeline<S> {
                 ..Summary::default()
             },
             metrics,
-            history: VecDeque::from([(start, Instant::now())]),
             delivered: start,
-            stream_stats: None,
-            outstanding: 0,
-            open_last: None,
-            committed_last: VecDeque::new(),
             last_delivered: None,
-            dead_letters: HashSet::new(),
+            outstanding: 0,
         }
     }
 
     /// `start` was delivered `age` ago (when the checkpoint was written), so
     /// the replay window behind it ends when it would have without a restart.
     pub fn start_delivered_ago(mut self, age: Duration) -> Self {
-        if let Some(front) = self.history.front_mut() {
-            front.1 = Instant::now().checked_sub(age).unwrap_or(front.1);
-        }
+        let now = Instant::now();
+        let at = now.checked_sub(age).unwrap_or(now);
+        self.window = RetentionWindow::new(
+            self.options.retention.duration,
+            self.options.retention.bytes,
+            self.delivered,
+            at.into_std(),
+        );
         self
     }
 
     /// Runs until `shutdown` resolves (then drains and returns the summary)
-    /// or a definite error. The stream is shut down either way, after the
+    /// or a definite error. The source is shut down either way, after the
     /// final acknowledgement.
-    pub async fn run(
+    pub async fn run<E: EventSource>(
         mut self,
-        mut stream: ReplicationStream,
+        mut source: E,
         shutdown: impl Future<Output = ()>,
     ) -> Result<Summary, PipelineError> {
-        self.stream_stats = Some(stream.stats());
-        let result = self.stream_until(&mut stream, shutdown).await;
+        let result = self.stream_until(&mut source, shutdown).await;
         // Whatever happened, deliver what can be delivered and acknowledge it.
         let drained = self.drain().await;
-        self.acknowledge(true)?;
-        if let Err(err) = stream.shutdown().await {
+        let acknowledged = self.acknowledge(&mut source, true);
+        let written = match self.checkpoint.take() {
+            Some(writer) => writer.finish().await.map_err(PipelineError::Checkpoint),
+            None => Ok(()),
+        };
+        if let Err(err) = source.shutdown().await {
             warn!(error = %err, "replication stream did not shut down cleanly");
         }
         result?;
         drained?;
+        acknowledged?;
+        written?;
         if let Some(failure) = self.failure.take() {
             return Err(self.undeliverable(failure));
         }
@@ -260,17 +303,17 @@ impl<S: Sink> Pipeline<S> {
         Ok(self.summary)
     }
 
-    async fn stream_until(
+    async fn stream_until<E: EventSource>(
         &mut self,
-        stream: &mut ReplicationStream,
+        source: &mut E,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), PipelineError> {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         // Set once shutdown is requested: finish the open transaction (its
-        // records may already be in Kafka; stopping inside it would leave
-        // them unacknowledged and re-sent after the restart), then stop.
-        let mut stopping: Option<tokio::time::Instant> = None;
+        // records may already be at the destination; stopping inside it would
+        // leave them unacknowledged and re-sent after the restart), then stop.
+        let mut stopping: Option<Instant> = None;
         loop {
             if self.failure.is_some() {
                 // Stop reading; what is in flight is drained by the caller.
@@ -280,7 +323,7 @@ impl<S: Sink> Pipeline<S> {
                 if self.open.is_none() {
                     return Ok(());
                 }
-                if tokio::time::Instant::now() >= deadline {
+                if Instant::now() >= deadline {
                     warn!("shutdown inside a transaction: its records are re-sent after the restart");
                     return Ok(());
                 }
@@ -289,13 +332,13 @@ impl<S: Sink> Pipeline<S> {
                 biased;
                 () = &mut shutdown, if stopping.is_none() => {
                     info!("shutdown requested: finish the open transaction, stop reading, drain deliveries");
-                    stopping = Some(tokio::time::Instant::now() + self.options.drain_timeout / 2);
+                    stopping = Some(Instant::now() + self.options.drain_timeout / 2);
                 }
                 Some(delivery) = self.deliveries.recv() => self.on_delivery(delivery).await?,
-                event = stream.next() => match event {
+                event = source.next() => match event {
                     Some(Ok(event)) => {
                         if !self.on_event(event, shutdown.as_mut(), stopping).await? {
-                            warn!("shutdown while the producer queue is full (broker unreachable?): stopping \
+                            warn!("shutdown while the sink had no room (broker unreachable?): stopping \
                                    inside a transaction; its records are re-sent after the restart");
                             return Ok(());
                         }
@@ -305,7 +348,7 @@ impl<S: Sink> Pipeline<S> {
                 },
                 _ = tick.tick() => {}
             }
-            self.acknowledge(false)?;
+            self.acknowledge(source, false)?;
         }
     }
 
@@ -316,7 +359,7 @@ impl<S: Sink> Pipeline<S> {
         &mut self,
         event: ReplicationEvent,
         mut shutdown: std::pin::Pin<&mut F>,
-        stopping: Option<tokio::time::Instant>,
+        stopping: Option<Instant>,
     ) -> Result<bool, PipelineError> {
         match event {
             ReplicationEvent::Begin(begin) => {
@@ -326,28 +369,33 @@ impl<S: Sink> Pipeline<S> {
                         begin.commit_lsn
                     )));
                 }
-                let seq = self.tracker.begin();
+                let seq = self.tracker.begin(TxData {
+                    commit_time: begin.commit_time,
+                    last: None,
+                    dead_letters: Vec::new(),
+                });
                 self.open = Some((seq, begin.commit_lsn));
             }
             ReplicationEvent::Insert(_) | ReplicationEvent::Message(_) => {
                 let (seq, _) = self.open_tx()?;
-                self.tracker.record(seq).map_err(internal)?;
                 let Some((position, record)) =
                     to_record(&self.options.mapping, &self.options.routing, &event)
                 else {
                     return Ok(true);
                 };
+                self.tracker.record(seq).map_err(internal)?;
                 let id = match &record {
                     Ok(record) => &record.id,
                     Err(unmappable) => &unmappable.id,
                 };
-                note_event(&mut self.open_last, id, position);
+                let data = self.tracker.data_mut(seq).map_err(internal)?;
+                note_event(&mut data.last, id, position);
                 match record {
                     Ok(record) => {
                         self.metrics.sent(&record.topic, record_bytes(&record));
-                        // A full queue (broker down) may hold the send for
-                        // long: SIGTERM must still be heard meanwhile. The send
-                        // is cancel-safe: a record is enqueued whole or not at all.
+                        // A sink without room (broker down) may hold the send
+                        // for long: SIGTERM must still be heard meanwhile. The
+                        // send is cancel-safe: a record is accepted whole or not at all.
                         let sent = tokio::select! {
                             biased;
                             sent = self.sink.send(record, seq) => sent,
@@ -358,17 +406,28 @@ impl<S: Sink> Pipeline<S> {
                         self.summary.sent += 1;
                         self.outstanding += 1;
                     }
-                    Err(Unmappable { id, error }) => self.permanent(seq, None, id, position, error).await?,
+                    Err(Unmappable {
+                        id,
+                        error,
+                        every_row: false,
+                    }) => {
+                        let error = DeliveryError::permanent(PermanentReason::Malformed, error);
+                        self.permanent(seq, None, id, position, error).await?
+                    }
+                    Err(Unmappable {
+                        id,
+                        error,
+                        every_row: true,
+                    }) => {
+                        self.tracker.failed(seq).map_err(internal)?;
+                        self.stop_at(id, position, error, false)?
+                    }
                 }
             }
             ReplicationEvent::Commit(commit) => {
                 let (seq, _) = self.open_tx()?;
                 self.tracker.commit(seq, commit.end_lsn).map_err(internal)?;
-                self.metrics.committed(commit.end_lsn, commit.commit_time);
                 self.open = None;
-                if let Some(last) = self.open_last.take() {
-                    self.committed_last.push_back((commit.end_lsn, last));
-                }
             }
             other => debug!(?other, "event ignored"),
         }
@@ -385,95 +444,119 @@ impl<S: Sink> Pipeline<S> {
         if let Err(err) = &delivery.result {
             self.metrics.delivery_error(err.class);
         }
-        let dead_letter =
-            !self.dead_letters.is_empty() && self.dead_letters.remove(&(delivery.tx, delivery.id.clone()));
-        match delivery.result {
+        let dead_letter = {
+            let data = self.tracker.data_mut(delivery.tx).map_err(internal)?;
+            match data.dead_letters.iter().position(|id| *id == delivery.id) {
+                Some(at) => {
+                    data.dead_letters.swap_remove(at);
+                    true
+                }
+                None => false,
+            }
+        };
+        let Delivery {
+            tx,
+            id,
+            position,
+            result,
+            returned,
+        } = delivery;
+        match result {
             Ok(()) => {
                 self.summary.delivered += 1;
                 self.metrics.delivered();
-                self.tracker.delivered(delivery.tx).map_err(internal)
+                self.tracker.delivered(tx).map_err(internal)
             }
-            Err(err) => match err.class {
-                ErrorClass::Fatal => {
-                    self.tracker.failed(delivery.tx).map_err(internal)?;
-                    Err(PipelineError::Sink(err, self.tracker.confirmed()))
+            // A permanent failure: the record's count in the tracker passes
+            // to its dead-letter record, or fails the transaction.
+            Err(err) if err.class.is_permanent() && !dead_letter => {
+                self.permanent(tx, returned, id, position, err).await
+            }
+            Err(err) => {
+                self.tracker.failed(tx).map_err(internal)?;
+                match err.class {
+                    ErrorClass::Fatal => Err(PipelineError::Sink(err, self.tracker.confirmed())),
+                    // The dead-letter destination refused it too: stop, never loop.
+                    _ if dead_letter => {
+                        let message = format!(
+                            "dead-lettering to {} failed too: {}",
+                            self.options.dead_letter_topic, err.message
+                        );
+                        self.stop_at(id, position, message, false)
+                    }
+                    // Sinks retry those themselves; one reported anyway is not
+                    // the record's fault, so it is never dead-lettered: a later
+                    // record of the same key could overtake it.
+                    _ => {
+                        let message = format!("the sink gave up on it: {}", err.message);
+                        self.stop_at(id, position, message, false)
+                    }
                 }
-                // The dead-letter topic refused it too: stop, never loop.
-                _ if dead_letter => {
-                    let message = format!(
-                        "dead-lettering to {} failed too: {}",
-                        self.options.dead_letter_topic, err.message
-                    );
-                    self.stop_at(delivery.tx, delivery.id, delivery.position, message)
-                }
-                // The producer retries those forever (message.timeout.ms=0, unlimited
-                // retries); one reported anyway is not the record's fault, so it
-                // is never dead-lettered: a later record of the same key could
-                // overtake it.
-                ErrorClass::Retriable => {
-                    let message = format!("the producer gave up on it: {}", err.message);
-                    self.stop_at(delivery.tx, delivery.id, delivery.position, message)
-                }
-                ErrorClass::Permanent => {
-                    self.permanent(
-                        delivery.tx,
-                        delivery.returned,
-                        delivery.id,
-                        delivery.position,
-                        err.message,
-                    )
-                    .await
-                }
-            },
+            }
         }
     }
 
-    /// A record that will never be delivered as it is: dead-letter it, or stop.
+    /// A record that will never be delivered as it is: dead-letter it, or
+    /// stop. The record is counted in the tracker as outstanding.
     async fn permanent(
         &mut self,
         seq: TxSeq,
         returned: Option<Record>,
         id: String,
         position: Position,
-        error: String,
+        error: DeliveryError,
     ) -> Result<(), PipelineError> {
         if self.options.policy == PermanentErrorPolicy::DeadLetter && self.failure.is_none() {
             let dead = dead_letter(&self.options.dead_letter_topic, returned, &id, position, &error);
-            warn!(id = %id, lsn = %position.commit_lsn, index = position.index, error = %error,
-                  topic = %self.options.dead_letter_topic, "record dead-lettered");
+            warn!(id = %id, lsn = %position.commit_lsn, index = position.index, error = %error.message,
+                  destination = %self.options.dead_letter_topic, "record dead-lettered");
             self.summary.dead_lettered += 1;
             self.metrics.dead_lettered();
             self.metrics.sent(&dead.topic, record_bytes(&dead));
+            self.tracker
+                .data_mut(seq)
+                .map_err(internal)?
+                .dead_letters
+                .push(id);
             self.sink
                 .send(dead, seq)
                 .await
                 .map_err(|e| PipelineError::Sink(e, self.tracker.confirmed()))?;
-            self.dead_letters.insert((seq, id));
             self.outstanding += 1;
             return Ok(());
         }
-        self.stop_at(seq, id, position, error)
+        self.tracker.failed(seq).map_err(internal)?;
+        self.stop_at(id, position, error.message, true)
     }
 
-    /// Stops acknowledging at this record's transaction; the run ends with
-    /// the first such failure.
+    /// Stops acknowledging at this record's transaction (the caller marked it
+    /// failed in the tracker); the run ends with the first such failure.
     fn stop_at(
         &mut self,
-        seq: TxSeq,
         id: String,
         position: Position,
         error: String,
+        record_only: bool,
     ) -> Result<(), PipelineError> {
         error!(id = %id, lsn = %position.commit_lsn, index = position.index, error = %error,
                "record cannot be delivered; stopping");
-        self.tracker.failed(seq).map_err(internal)?;
         if self.failure.is_none() {
-            self.failure = Some(Failure { id, position, error });
+            self.failure = Some(Failure {
+                id,
+                position,
+                error,
+                record_only,
+            });
         }
         Ok(())
     }
 
     fn undeliverable(&self, failure: Failure) -> PipelineError {
+        let hint = if failure.record_only && self.options.policy == PermanentErrorPolicy::Stop {
+            ", or set sink.on_permanent_error = \"dead-letter\""
+        } else {
+            ""
+        };
         PipelineError::Undeliverable {
             id: failure.id,
             table: self.options.tables.clone(),
@@ -481,12 +564,13 @@ impl<S: Sink> Pipeline<S> {
             index: failure.position.index,
             error: failure.error,
             confirmed: self.summary.confirmed,
+            hint,
         }
     }
 
     /// Waits for outstanding deliveries (up to the drain timeout).
     async fn drain(&mut self) -> Result<(), PipelineError> {
-        let deadline = tokio::time::Instant::now() + self.options.drain_timeout;
+        let deadline = Instant::now() + self.options.drain_timeout;
         while self.outstanding > 0 {
             match tokio::time::timeout_at(deadline, self.deliveries.recv()).await {
                 Ok(Some(delivery)) => self.on_delivery(delivery).await?,
@@ -497,60 +581,32 @@ impl<S: Sink> Pipeline<S> {
         Ok(())
     }
 
-    /// Acknowledges the tracker's confirmed position; writes the checkpoint
-    /// now and then (always when `last`).
-    fn acknowledge(&mut self, last: bool) -> Result<(), PipelineError> {
-        let confirmed = self.tracker.confirmed();
+    /// Acknowledges what the replay window releases of the delivered prefix;
+    /// hands the checkpoint writer the delivered prefix now and then (always
+    /// when `last`).
+    fn acknowledge<E: EventSource>(&mut self, source: &mut E, last: bool) -> Result<(), PipelineError> {
         let now = Instant::now();
-        if confirmed > self.delivered {
-            while self
-                .committed_last
-                .front()
-                .is_some_and(|(end, _)| *end <= confirmed)
-            {
-                self.last_delivered = self.committed_last.pop_front().map(|(_, last)| last);
+        for (end_lsn, data) in self.tracker.take_confirmed() {
+            self.metrics.confirmed(data.commit_time);
+            if data.last.is_some() {
+                self.last_delivered = data.last;
             }
-            self.delivered = confirmed;
-            self.summary.confirmed = confirmed;
-            self.metrics.acked(confirmed);
-            match self.history.back_mut() {
-                Some(back) if now.duration_since(back.1) < Duration::from_millis(100) => {}
-                _ => self.history.push_back((confirmed, now)),
-            }
+            self.delivered = end_lsn;
         }
-        if self.history.back().is_some_and(|back| back.0 < self.delivered)
-            && self
-                .history
-                .back()
-                .is_some_and(|back| now.duration_since(back.1) >= Duration::from_millis(100))
-        {
-            self.history.push_back((self.delivered, now));
+        if self.delivered > self.summary.confirmed {
+            self.summary.confirmed = self.delivered;
+            self.metrics.acked(self.delivered);
+            self.window.delivered(self.delivered, now.into_std());
         }
-        // The newest delivered position old enough and far enough behind.
-        let retention = self.options.retention;
-        let received = self.stream_stats.as_ref().map_or(Lsn::ZERO, |s| s.received());
-        let mut target = None;
-        while let Some(&(lsn, at)) = self.history.front() {
-            let old_enough = now.duration_since(at) >= retention.duration;
-            let far_enough = received.as_u64().saturating_sub(lsn.as_u64()) >= retention.bytes;
-            if !(old_enough && far_enough) {
-                break;
-            }
-            target = Some(lsn);
-            self.history.pop_front();
+        if let Some(target) = self.window.release(source.received(), now.into_std()) {
+            source.ack(target);
         }
-        if let Some(target) = target {
-            if target > self.acked {
-                self.ack.ack(target);
-                self.acked = target;
-            }
-        }
-        // The checkpoint records what was delivered (not the retained position).
-        let due = last || self.last_checkpoint.elapsed() >= self.options.checkpoint_interval;
+        // The checkpoint records what was delivered (not the released position).
+        let due = last || now.duration_since(self.last_checkpoint) >= self.options.checkpoint_interval;
         if due && self.delivered > self.checkpointed {
-            if let Some(store) = &self.checkpoint {
-                store
-                    .store(&Checkpoint::now(self.delivered, self.last_delivered.clone()))
+            if let Some(writer) = &self.checkpoint {
+                writer
+                    .write(Checkpoint::now(self.delivered, self.last_delivered.clone()))
                     .map_err(PipelineError::Checkpoint)?;
             }
             self.checkpointed = self.delivered;
@@ -568,6 +624,9 @@ pub struct Unmappable {
     pub id: String,
     /// What is wrong, naming the table or message.
     pub error: String,
+    /// The cause is the table, not the row (a mapped column is missing): every
+    /// later row fails the same way, so it is never dead-lettered.
+    pub every_row: bool,
 }
 
 /// The record for an outbox insert or outbox message (`None` for other
@@ -598,7 +657,7 @@ pub fn to_record(
                 .to_owned();
             Some((
                 position,
-                map_and_route(mapping, routing, position, lookup, id, &source),
+                map_and_route(mapping, routing, position, lookup, id, &source, true),
             ))
         }
         ReplicationEvent::Message(message) => {
@@ -617,6 +676,7 @@ pub fn to_record(
                             Err(Unmappable {
                                 id: "?".into(),
                                 error,
+                                every_row: false,
                             }),
                         ));
                     }
@@ -634,13 +694,15 @@ pub fn to_record(
                 .to_owned();
             Some((
                 position,
-                map_and_route(mapping, routing, position, lookup, id, &source),
+                map_and_route(mapping, routing, position, lookup, id, &source, false),
             ))
         }
         _ => None,
     }
 }
 
+/// `table`: the source is a table, whose columns every row shares (a field
+/// missing from one outbox message says nothing of the next).
 fn map_and_route(
     mapping: &ColumnMapping,
     routing: &Routing,
@@ -648,12 +710,18 @@ fn map_and_route(
     lookup: impl Fn(&str) -> ColumnLookup,
     id: String,
     source: &str,
+    table: bool,
 ) -> Result<Record, Unmappable> {
-    mapping
-        .event_from_row(position, lookup)
-        .map_err(|e| format!("{source}: {e}"))
-        .and_then(|event| routing.route(&event, None).map_err(|e| format!("{source}: {e}")))
-        .map_err(|error| Unmappable { id, error })
+    let event = mapping.event_from_row(position, lookup).map_err(|e| Unmappable {
+        every_row: table && matches!(e, MappingError::MissingColumn(_)),
+        error: format!("{source}: {e}"),
+        id: id.clone(),
+    })?;
+    routing.route(&event, None).map_err(|e| Unmappable {
+        id,
+        error: format!("{source}: {e}"),
+        every_row: false,
+    })
 }
 
 /// Sleeps until `deadline`; never wakes without one.
@@ -692,14 +760,23 @@ fn internal(err: outbox_core::AckError) -> PipelineError {
 }
 
 /// The dead-letter record: the original key, value and headers when we have
-/// them, plus the error. A record refused for its size keeps no value (it
-/// would be refused again); the payload is still in the outbox table.
-fn dead_letter(topic: &str, original: Option<Record>, id: &str, position: Position, error: &str) -> Record {
+/// them, plus the error and its reason. A record refused for its size keeps no
+/// value (it would be refused again); the payload is still in the outbox table.
+fn dead_letter(
+    destination: &str,
+    original: Option<Record>,
+    id: &str,
+    position: Position,
+    error: &DeliveryError,
+) -> Record {
     let mut headers = Vec::new();
     let (key, value, original_topic) = match original {
         Some(record) => {
             headers = record.headers;
-            let too_large = error.contains("too large") || error.contains("MessageSizeTooLarge");
+            let too_large = error.class
+                == ErrorClass::Permanent {
+                    reason: PermanentReason::TooLarge,
+                };
             (
                 record.key,
                 if too_large { None } else { record.value },
@@ -716,10 +793,16 @@ fn dead_letter(topic: &str, original: Option<Record>, id: &str, position: Positi
             (Bytes::new(), None, String::new())
         }
     };
-    headers.push((DLQ_ERROR_HEADER.to_owned(), Bytes::from(error.to_owned())));
+    headers.push((DLQ_ERROR_HEADER.to_owned(), Bytes::from(error.message.clone())));
+    if let ErrorClass::Permanent { reason } = error.class {
+        headers.push((
+            DLQ_REASON_HEADER.to_owned(),
+            Bytes::from_static(reason.as_str().as_bytes()),
+        ));
+    }
     headers.push((DLQ_TOPIC_HEADER.to_owned(), Bytes::from(original_topic)));
     Record {
-        topic: topic.to_owned(),
+        topic: destination.to_owned(),
         key,
         value,
         headers,
@@ -727,3 +810,6 @@ fn dead_letter(topic: &str, original: Option<Record>, id: &str, position: Positi
         position,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -16,12 +16,12 @@ use bytes::Bytes;
 use outbox_core::{header, Delivery};
 use pg_replication::{catalog, ReplicationEvent, ReplicationStream};
 use pgoutput::Lsn;
-use sink_kafka::KafkaSink;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::pipeline::{to_record, Unmappable};
 use crate::run::pipeline_options;
+use crate::sink::AnySink;
 
 /// What to replay.
 #[derive(Debug, Clone)]
@@ -118,7 +118,7 @@ pub async fn replay(
     let mut sink = if options.dry_run {
         None
     } else {
-        Some(KafkaSink::new(&config.kafka()?, deliveries_tx).context("cannot create the Kafka producer")?)
+        Some(AnySink::build(config, deliveries_tx)?)
     };
     let mut stream = ReplicationStream::start(stream_config).await?;
     let stats = stream.stats();
@@ -153,7 +153,7 @@ pub async fn replay(
                 };
                 let mut record = match record {
                     Ok(record) => record,
-                    Err(Unmappable { id, error }) => {
+                    Err(Unmappable { id, error, .. }) => {
                         bail!(
                             "event id={id} at {} index {} cannot be replayed: {error}",
                             position.commit_lsn,

@@ -4,10 +4,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use pg_replication::ReplicationStream;
 use pgoutput::Lsn;
-use sink_kafka::KafkaSink;
 use tokio::sync::mpsc;
 use tracing::info;
 
@@ -17,15 +15,16 @@ use crate::config::Config;
 use crate::maintenance;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineError, PipelineOptions, Retention, Summary};
+use crate::sink::AnySink;
 
 /// The pipeline options a configuration describes.
 pub fn pipeline_options(config: &Config) -> anyhow::Result<PipelineOptions> {
     Ok(PipelineOptions {
         mapping: config.mapping(),
         routing: config.routing()?,
-        policy: config.kafka.on_permanent_error,
-        dead_letter_topic: config.kafka.dead_letter_topic.clone(),
-        drain_timeout: Duration::from_millis(config.kafka.drain_timeout_ms),
+        policy: config.policy()?,
+        dead_letter_topic: config.dead_letter(),
+        drain_timeout: config.drain_timeout(),
         checkpoint_interval: Duration::from_secs(1),
         tables: config.postgres.tables.join(", "),
         retention: Retention {
@@ -63,7 +62,6 @@ pub async fn run_from(
 ) -> Result<Summary, RunError> {
     config.validate().map_err(RunError::Setup)?;
     let options = pipeline_options(config).map_err(RunError::Setup)?;
-    let kafka = config.kafka().map_err(RunError::Setup)?;
     let checkpoint = CheckpointStore::new(&config.checkpoint.path);
     let saved_checkpoint = checkpoint.load().map_err(RunError::Setup)?;
     tokio::pin!(shutdown);
@@ -114,9 +112,7 @@ pub async fn run_from(
     stream_config.skip_through = start;
 
     let (deliveries_tx, deliveries) = mpsc::unbounded_channel();
-    let sink = KafkaSink::new(&kafka, deliveries_tx)
-        .context("cannot create the Kafka producer")
-        .map_err(RunError::Setup)?;
+    let sink = AnySink::build(config, deliveries_tx).map_err(RunError::Setup)?;
     let stream = ReplicationStream::start(stream_config)
         .await
         .map_err(|e| RunError::Pipeline(e.into()))?;
@@ -149,7 +145,6 @@ pub async fn run_from(
         options,
         sink,
         deliveries,
-        stream.ack_handle(),
         start,
         Some(checkpoint),
         Arc::clone(&metrics),

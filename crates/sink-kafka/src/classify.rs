@@ -1,6 +1,6 @@
 //! What a Kafka error means for the pipeline.
 
-use outbox_core::ErrorClass;
+use outbox_core::{ErrorClass, PermanentReason};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 /// Classifies a produce or delivery error.
@@ -20,17 +20,19 @@ pub fn classify(error: &KafkaError) -> ErrorClass {
     let Some(code) = error.rdkafka_error_code() else {
         return ErrorClass::Retriable;
     };
+    let permanent = |reason| ErrorClass::Permanent { reason };
     match code {
-        RDKafkaErrorCode::MessageSizeTooLarge
-        | RDKafkaErrorCode::InvalidMessageSize
-        | RDKafkaErrorCode::InvalidMessage
+        RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize => {
+            permanent(PermanentReason::TooLarge)
+        }
+        RDKafkaErrorCode::InvalidMessage
         | RDKafkaErrorCode::InvalidRecord
-        | RDKafkaErrorCode::TopicAuthorizationFailed
-        | RDKafkaErrorCode::UnknownTopicOrPartition
+        | RDKafkaErrorCode::PolicyViolation => permanent(PermanentReason::Rejected),
+        RDKafkaErrorCode::TopicAuthorizationFailed => permanent(PermanentReason::Unauthorized),
+        RDKafkaErrorCode::UnknownTopicOrPartition
         | RDKafkaErrorCode::UnknownTopic
-        | RDKafkaErrorCode::UnknownPartition
-        | RDKafkaErrorCode::InvalidTopic
-        | RDKafkaErrorCode::PolicyViolation => ErrorClass::Permanent,
+        | RDKafkaErrorCode::UnknownPartition => permanent(PermanentReason::Unroutable),
+        RDKafkaErrorCode::InvalidTopic => permanent(PermanentReason::InvalidDestination),
         RDKafkaErrorCode::Fatal
         | RDKafkaErrorCode::OutOfOrderSequenceNumber
         | RDKafkaErrorCode::InvalidProducerEpoch
@@ -53,15 +55,21 @@ mod tests {
         let produce = |code| KafkaError::MessageProduction(code);
         assert_eq!(
             classify(&produce(RDKafkaErrorCode::MessageSizeTooLarge)),
-            ErrorClass::Permanent
+            ErrorClass::Permanent {
+                reason: PermanentReason::TooLarge
+            }
         );
         assert_eq!(
             classify(&produce(RDKafkaErrorCode::TopicAuthorizationFailed)),
-            ErrorClass::Permanent
+            ErrorClass::Permanent {
+                reason: PermanentReason::Unauthorized
+            }
         );
         assert_eq!(
             classify(&produce(RDKafkaErrorCode::UnknownTopic)),
-            ErrorClass::Permanent
+            ErrorClass::Permanent {
+                reason: PermanentReason::Unroutable
+            }
         );
         assert_eq!(classify(&produce(RDKafkaErrorCode::Fatal)), ErrorClass::Fatal);
         assert_eq!(

@@ -111,7 +111,7 @@ impl ProducerContext for DeliveryContext {
             },
             Err((err, message)) => {
                 let class = classify(err);
-                let returned = (class == ErrorClass::Permanent).then(|| Record {
+                let returned = class.is_permanent().then(|| Record {
                     topic: message.topic().to_owned(),
                     key: Bytes::copy_from_slice(message.key().unwrap_or_default()),
                     value: message.payload().map(Bytes::copy_from_slice),

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use outbox_core::{AckTracker, Delivery, ErrorClass, Lsn, Position, Record, Sink, TxSeq};
+use outbox_core::{AckTracker, Delivery, ErrorClass, Lsn, PermanentReason, Position, Record, Sink, TxSeq};
 use rdkafka::mocking::MockCluster;
 use sink_kafka::{java_partition, KafkaConfig, KafkaSink};
 use testkit::kafka::read_topic;
@@ -45,11 +45,11 @@ async fn send_all(
     deliveries: &mut mpsc::UnboundedReceiver<Delivery>,
     records: Vec<Record>,
 ) -> (AckTracker, Vec<Delivery>) {
-    let mut tracker = AckTracker::new(Lsn::new(1));
+    let mut tracker: AckTracker = AckTracker::new(Lsn::new(1));
     let mut seqs: Vec<TxSeq> = Vec::new();
     let n = records.len();
     for (i, record) in records.into_iter().enumerate() {
-        let seq = tracker.push(Lsn::new(2000 + i as u64), 1).unwrap();
+        let seq = tracker.push(Lsn::new(2000 + i as u64), 1, ()).unwrap();
         seqs.push(seq);
         sink.send(record, seq).await.unwrap();
     }
@@ -128,7 +128,12 @@ async fn too_large_record_is_a_permanent_failure_with_the_record_returned() {
     assert_eq!(failed.len(), 1);
     let failure = failed[0];
     assert_eq!(failure.id, "id-1");
-    assert_eq!(failure.result.as_ref().unwrap_err().class, ErrorClass::Permanent);
+    assert_eq!(
+        failure.result.as_ref().unwrap_err().class,
+        ErrorClass::Permanent {
+            reason: PermanentReason::TooLarge
+        }
+    );
     let returned = failure
         .returned
         .as_ref()
@@ -151,9 +156,9 @@ async fn broker_outage_delays_delivery_but_loses_nothing() {
     let (_, first) = send_all(&mut sink, &mut deliveries, vec![record(0, 0, 10)]).await;
     assert!(first[0].result.is_ok());
     cluster.broker_down(1).unwrap();
-    let mut tracker = AckTracker::new(Lsn::new(1));
+    let mut tracker: AckTracker = AckTracker::new(Lsn::new(1));
     for i in 1..=200u64 {
-        let seq = tracker.push(Lsn::new(5000 + i), 1).unwrap();
+        let seq = tracker.push(Lsn::new(5000 + i), 1, ()).unwrap();
         sink.send(record(i, i % 7, 10), seq).await.unwrap();
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
