@@ -31,14 +31,12 @@ pub enum ConfigError {
         reason: String,
     },
     /// A template names a placeholder that does not exist.
-    #[error("invalid rabbitmq {what} template {template:?}: unknown placeholder ${{{placeholder}}} (known: ${{aggregatetype}}, ${{type}})")]
+    #[error("rabbitmq {what}: {source}")]
     Template {
         /// `exchange` or `routing key`.
         what: &'static str,
-        /// The template.
-        template: String,
-        /// The unknown placeholder.
-        placeholder: String,
+        /// outbox-core's check.
+        source: outbox_core::TemplateError,
     },
     /// `max_in_flight` is 0.
     #[error("rabbitmq max_in_flight must be at least 1")]

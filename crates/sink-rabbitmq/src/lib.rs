@@ -67,7 +67,6 @@ pub use message::{AGGREGATE_ID, PERSISTENT};
 pub use template::Template;
 pub use topology::{declare_exchange, inspect_exchange, Bindings, ExchangeReport, ExchangeType};
 
-use crate::classify::fatal;
 use crate::publisher::{Command, Publisher, Shared};
 
 /// The RabbitMQ sink. See the crate notes.
@@ -116,7 +115,7 @@ impl RabbitSink {
 
     fn stopped(&self) -> DeliveryError {
         self.fatal_error()
-            .unwrap_or_else(|| fatal("rabbitmq sink stopped".into()))
+            .unwrap_or_else(|| DeliveryError::fatal("rabbitmq sink stopped"))
     }
 }
 

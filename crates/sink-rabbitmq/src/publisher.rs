@@ -29,7 +29,7 @@ use outbox_core::{Delivery, DeliveryError, Record, TxSeq};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
-use crate::classify::{classify, fatal, Loss, Refusal};
+use crate::classify::{channel_refusal, classify, Loss, Refusal};
 use crate::config::RabbitConfig;
 use crate::message::{build, Message};
 
@@ -207,7 +207,7 @@ impl Publisher {
                 "the broker nacked it (a queue refused it, e.g. full with overflow = reject-publish)".into(),
             )),
             Confirmation::NotRequested => {
-                return Err(fatal("rabbitmq channel is not in confirm mode".into()));
+                return Err(DeliveryError::fatal("rabbitmq channel is not in confirm mode"));
             }
         };
         self.report(pending.record, pending.tx, refusal);
@@ -215,18 +215,12 @@ impl Publisher {
     }
 
     fn report(&self, record: Record, tx: TxSeq, refusal: Option<Refusal>) {
-        let (result, returned) = match refusal {
-            None => (Ok(()), None),
-            Some(refusal) => (Err(refusal.into_error()), Some(record.clone())),
+        let delivery = match refusal {
+            None => Delivery::delivered(tx, &record),
+            Some(refusal) => Delivery::failed(tx, record, refusal.into_error()),
         };
         // The receiver is gone only when the pipeline has stopped.
-        let _ = self.deliveries.send(Delivery {
-            tx,
-            id: record.id,
-            position: record.position,
-            result,
-            returned,
-        });
+        let _ = self.deliveries.send(delivery);
     }
 
     /// Publishes one record from the pipeline (after the pending ones).
@@ -329,7 +323,9 @@ impl Publisher {
         loop {
             let loss = classify(&err);
             if loss == Loss::Fatal {
-                return Err(fatal(format!("rabbitmq refused access: {err}")));
+                return Err(DeliveryError::fatal(format!(
+                    "rabbitmq refused the connection: {err}"
+                )));
             }
             warn!(error = %err, pending = self.pending.len(), "rabbitmq channel lost, reconnecting");
             self.reconnect().await?;
@@ -357,7 +353,7 @@ impl Publisher {
         let mut attempt = 0u32;
         loop {
             if self.commands.is_closed() {
-                return Err(fatal("rabbitmq sink closed while reconnecting".into()));
+                return Err(DeliveryError::fatal("rabbitmq sink closed while reconnecting"));
             }
             attempt += 1;
             match open(&self.config).await {
@@ -431,13 +427,7 @@ impl Publisher {
                 }
                 Err(err) if classify(&err) == Loss::ChannelClosedByBroker => {
                     warn!(id = %next.record.id, error = %err, "rabbitmq closed the channel for this record");
-                    let refusal = match err.kind() {
-                        ErrorKind::ProtocolError(amqp) if is_not_found(&err) => {
-                            Refusal::InvalidDestination(amqp.get_message().to_string())
-                        }
-                        _ => Refusal::Rejected(err.to_string()),
-                    };
-                    self.report(next.record, next.tx, Some(refusal));
+                    self.report(next.record, next.tx, Some(channel_refusal(&err)));
                     self.reconnect_for_retry(&mut retry).await?;
                 }
                 Err(err) => {

@@ -1,6 +1,9 @@
-//! Names rendered from an event: the exchange (and, in the pipeline's
-//! routing, the routing key) from templates with `${aggregatetype}` and
-//! `${type}` placeholders, like the Kafka topic template.
+//! The exchange's name for a record, from a template with `${aggregatetype}`
+//! and `${type}` placeholders like the topic template (the routing key is
+//! rendered by the pipeline's routing; both use outbox-core's template
+//! functions).
+
+use outbox_core::{check_template, render_template};
 
 use crate::error::ConfigError;
 
@@ -15,25 +18,10 @@ impl Template {
     /// Checks that `text` uses known placeholders only; `what` names the
     /// setting in the error.
     pub fn new(what: &'static str, text: &str) -> Result<Self, ConfigError> {
-        let mut rest = text;
-        let mut fixed = true;
-        while let Some(start) = rest.find("${") {
-            let after = &rest[start + 2..];
-            let end = after.find('}').unwrap_or(after.len());
-            let placeholder = &after[..end];
-            if !matches!(placeholder, "aggregatetype" | "type") {
-                return Err(ConfigError::Template {
-                    what,
-                    template: text.to_owned(),
-                    placeholder: placeholder.to_owned(),
-                });
-            }
-            fixed = false;
-            rest = &after[end..];
-        }
+        check_template(text).map_err(|source| ConfigError::Template { what, source })?;
         Ok(Template {
             text: text.to_owned(),
-            fixed,
+            fixed: !text.contains("${"),
         })
     }
 
@@ -52,9 +40,7 @@ impl Template {
         if self.fixed {
             return self.text.clone();
         }
-        self.text
-            .replace("${aggregatetype}", aggregate_type)
-            .replace("${type}", event_type)
+        render_template(&self.text, aggregate_type, event_type)
     }
 }
 

@@ -134,11 +134,11 @@ pub(crate) async fn send_all(
     deliveries: &mut mpsc::UnboundedReceiver<Delivery>,
     records: Vec<Record>,
 ) -> (AckTracker, Vec<Delivery>) {
-    let mut tracker = AckTracker::new(Lsn::new(1));
+    let mut tracker: AckTracker = AckTracker::new(Lsn::new(1));
     let mut seqs: Vec<TxSeq> = Vec::new();
     let n = records.len();
     for (i, record) in records.into_iter().enumerate() {
-        let seq = tracker.push(Lsn::new(2000 + i as u64), 1).unwrap();
+        let seq = tracker.push(Lsn::new(2000 + i as u64), 1, ()).unwrap();
         seqs.push(seq);
         sink.send(record, seq).await.unwrap();
     }

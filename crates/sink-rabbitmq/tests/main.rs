@@ -5,5 +5,6 @@
 
 mod fixture;
 mod outage;
+mod proxy;
 mod publish;
 mod topology;

@@ -1,5 +1,6 @@
-//! A private broker node taken down under load, and the consistent-hash
-//! exchange (a plugin the shared broker does not have).
+//! Outages under load (a private broker node stopped, the network to the
+//! shared broker cut), and the consistent-hash exchange (a plugin the shared
+//! broker does not have, so on a private node).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -9,9 +10,10 @@ use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use outbox_core::{AckTracker, Lsn, Sink};
 use sink_rabbitmq::{declare_exchange, ExchangeType, RabbitConfig};
-use testkit::rabbitmq::{read_queue, unique_name, RabbitNode};
+use testkit::rabbitmq::{read_queue, shared_url, unique_name, RabbitNode};
 
 use crate::fixture::{record, sink, Topology};
+use crate::proxy::CutProxy;
 
 /// Per key: how often a message came after a later one of the same key
 /// that was not a re-send of one already seen.
@@ -43,7 +45,7 @@ async fn broker_outage_under_load_loses_nothing_and_keeps_per_key_order() {
     let config = topology.config().max_in_flight(WINDOW).unwrap();
     let (mut sink, mut deliveries) = sink(&config).await;
 
-    let mut tracker = AckTracker::new(Lsn::new(1));
+    let mut tracker: AckTracker = AckTracker::new(Lsn::new(1));
     let collector = tokio::spawn(async move {
         let mut reports = Vec::new();
         while reports.len() < RECORDS as usize {
@@ -70,7 +72,7 @@ async fn broker_outage_under_load_loses_nothing_and_keeps_per_key_order() {
                 node.start_app().unwrap();
             }));
         }
-        let seq = tracker.push(Lsn::new(2000 + i), 1).unwrap();
+        let seq = tracker.push(Lsn::new(2000 + i), 1, ()).unwrap();
         sink.send(record(i, i % 40, "{}"), seq).await.unwrap();
         if i % 100 == 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -112,6 +114,92 @@ async fn broker_outage_under_load_loses_nothing_and_keeps_per_key_order() {
     let duplicates = ids.len() - unique.len();
     let violations = order_violations(&ids);
     println!("outage: lost {lost}, per-key order violations {violations}, duplicates {duplicates} (window {WINDOW}), reconnects {}", sink.reconnects());
+    assert_eq!(lost, 0);
+    assert_eq!(violations, 0);
+    assert!(duplicates <= WINDOW, "{duplicates} duplicates");
+    drop(sink);
+    topology.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cut_under_load_republishes_the_unconfirmed_in_order() {
+    // The network between the sink and the shared broker is cut while a
+    // full window is in flight: published messages and confirms are lost
+    // on the way. Everything unconfirmed must be published again, in order.
+    const RECORDS: u64 = 6000;
+    const WINDOW: usize = 256;
+    let topology = Topology::new(&shared_url(), "#").await;
+    let proxy = std::sync::Arc::new(CutProxy::start("127.0.0.1:5672".parse().unwrap()).await);
+    let config = RabbitConfig::new(&proxy.url())
+        .unwrap()
+        .exchange(&topology.exchange)
+        .unwrap()
+        .max_in_flight(WINDOW)
+        .unwrap();
+    let (mut sink, mut deliveries) = sink(&config).await;
+    let mut tracker: AckTracker = AckTracker::new(Lsn::new(1));
+    let collector = tokio::spawn(async move {
+        let mut reports = Vec::new();
+        while reports.len() < RECORDS as usize {
+            match tokio::time::timeout(Duration::from_secs(60), deliveries.recv()).await {
+                Ok(Some(d)) => reports.push(d),
+                _ => break,
+            }
+        }
+        reports
+    });
+    let mut restore = None;
+    for i in 0..RECORDS {
+        if i == 2000 {
+            proxy.cut();
+            let proxy = std::sync::Arc::clone(&proxy);
+            restore = Some(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                proxy.restore();
+            }));
+        }
+        let seq = tracker.push(Lsn::new(2000 + i), 1, ()).unwrap();
+        sink.send(record(i, i % 40, "{}"), seq).await.unwrap();
+    }
+    restore.unwrap().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), sink.flush())
+        .await
+        .expect("flush after the cut")
+        .unwrap();
+    let reports = collector.await.unwrap();
+    assert_eq!(reports.len(), RECORDS as usize, "one report per record");
+    for d in &reports {
+        assert!(d.result.is_ok(), "{d:?}");
+        tracker.delivered(d.tx).unwrap();
+    }
+    assert_eq!(tracker.confirmed(), Lsn::new(2000 + RECORDS - 1));
+    assert!(sink.reconnects() >= 1);
+
+    let read = read_queue(
+        &topology.url,
+        &topology.queue,
+        RECORDS as usize + WINDOW,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let ids: Vec<(String, u64)> = read
+        .iter()
+        .map(|m| {
+            (
+                m.header("aggregateid").unwrap().to_owned(),
+                number(m.message_id.as_deref().unwrap()),
+            )
+        })
+        .collect();
+    let unique: HashSet<u64> = ids.iter().map(|(_, n)| *n).collect();
+    let lost = RECORDS as usize - unique.len();
+    let duplicates = ids.len() - unique.len();
+    let violations = order_violations(&ids);
+    println!(
+        "connection cut: lost {lost}, per-key order violations {violations}, duplicates {duplicates} (window {WINDOW}), reconnects {}",
+        sink.reconnects()
+    );
     assert_eq!(lost, 0);
     assert_eq!(violations, 0);
     assert!(duplicates <= WINDOW, "{duplicates} duplicates");

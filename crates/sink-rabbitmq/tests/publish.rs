@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use outbox_core::{ErrorClass, Lsn};
+use outbox_core::{ErrorClass, Lsn, PermanentReason};
 use testkit::rabbitmq::{read_queue, shared_url};
 
 use crate::fixture::{record, send_all, sink, Topology};
@@ -92,7 +92,13 @@ async fn unroutable_record_is_a_permanent_failure_not_an_ack() {
     assert!(by_id["id-2"].result.is_ok());
     let failed = by_id["id-1"];
     let err = failed.result.as_ref().unwrap_err();
-    assert_eq!(err.class, ErrorClass::Permanent, "{err}");
+    assert_eq!(
+        err.class,
+        ErrorClass::Permanent {
+            reason: PermanentReason::Unroutable
+        },
+        "{err}"
+    );
     assert!(err.message.contains("NO_ROUTE"), "{err}");
     assert_eq!(
         failed.returned.as_ref(),
@@ -138,7 +144,12 @@ async fn missing_exchange_fails_that_record_only() {
     assert!(by_id["id-0"].result.is_ok());
     assert!(by_id["id-2"].result.is_ok(), "{:?}", by_id["id-2"]);
     let err = by_id["id-1"].result.as_ref().unwrap_err();
-    assert_eq!(err.class, ErrorClass::Permanent);
+    assert_eq!(
+        err.class,
+        ErrorClass::Permanent {
+            reason: PermanentReason::InvalidDestination
+        }
+    );
     assert!(
         err.message.contains(&missing) && err.message.contains("does not exist"),
         "{err}"
@@ -166,7 +177,12 @@ async fn too_large_record_is_refused_before_publishing() {
     let by_id: HashMap<_, _> = reports.iter().map(|d| (d.id.as_str(), d)).collect();
     let failed = by_id["id-1"];
     let err = failed.result.as_ref().unwrap_err();
-    assert_eq!(err.class, ErrorClass::Permanent);
+    assert_eq!(
+        err.class,
+        ErrorClass::Permanent {
+            reason: PermanentReason::TooLarge
+        }
+    );
     assert!(err.message.contains("101 bytes"), "{err}");
     assert_eq!(failed.returned.as_ref(), Some(&big));
     assert!(by_id["id-0"].result.is_ok() && by_id["id-2"].result.is_ok());
@@ -210,7 +226,13 @@ async fn exchange_deleted_under_the_sink_fails_its_records_and_the_sink_goes_on(
     assert!(by_id["id-1"].result.is_ok(), "{:?}", by_id["id-1"]);
     assert!(by_id["id-3"].result.is_ok(), "{:?}", by_id["id-3"]);
     let err = by_id["id-2"].result.as_ref().unwrap_err();
-    assert_eq!(err.class, ErrorClass::Permanent, "{err}");
+    assert_eq!(
+        err.class,
+        ErrorClass::Permanent {
+            reason: PermanentReason::InvalidDestination
+        },
+        "{err}"
+    );
     assert!(err.message.contains(&gone), "{err}");
     assert!(sink.reconnects() >= 1, "the broker closed the channel");
     let read = read_queue(&topology.url, &topology.queue, 3, Duration::from_secs(2))
