@@ -2,17 +2,14 @@
 //! before (and while) outboxd runs.
 
 use std::fmt;
-use std::time::Duration;
 
 use anyhow::Context;
 use pg_replication::catalog;
 use pgoutput::Lsn;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::ClientConfig;
 use tokio_postgres::Client;
 
 use crate::checkpoint::CheckpointStore;
-use crate::config::{Config, PermanentErrorPolicy};
+use crate::config::Config;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -53,7 +50,7 @@ impl fmt::Display for Finding {
     }
 }
 
-fn ok(what: &str, detail: impl Into<String>) -> Finding {
+pub(crate) fn ok(what: &str, detail: impl Into<String>) -> Finding {
     Finding {
         level: Level::Ok,
         what: what.into(),
@@ -62,7 +59,7 @@ fn ok(what: &str, detail: impl Into<String>) -> Finding {
     }
 }
 
-fn warn(what: &str, detail: impl Into<String>, fix: impl Into<String>) -> Finding {
+pub(crate) fn warn(what: &str, detail: impl Into<String>, fix: impl Into<String>) -> Finding {
     Finding {
         level: Level::Warn,
         what: what.into(),
@@ -71,7 +68,7 @@ fn warn(what: &str, detail: impl Into<String>, fix: impl Into<String>) -> Findin
     }
 }
 
-fn fail(what: &str, detail: impl Into<String>, fix: impl Into<String>) -> Finding {
+pub(crate) fn fail(what: &str, detail: impl Into<String>, fix: impl Into<String>) -> Finding {
     Finding {
         level: Level::Fail,
         what: what.into(),
@@ -109,7 +106,7 @@ pub async fn check(config: &Config) -> Vec<Finding> {
             "fix postgres.url",
         )),
     }
-    kafka_checks(config, &mut findings).await;
+    crate::sink::check(config, &mut findings).await;
     findings
 }
 
@@ -317,86 +314,6 @@ async fn postgres_checks(config: &Config, client: &Client, findings: &mut Vec<Fi
             err.to_string(),
             "check privileges on pg_replication_slots",
         )),
-    }
-}
-
-async fn kafka_checks(config: &Config, findings: &mut Vec<Finding>) {
-    let kafka = match config.kafka() {
-        Ok(k) => k,
-        Err(err) => {
-            findings.push(fail("kafka configuration", format!("{err:#}"), "fix [kafka]"));
-            return;
-        }
-    };
-    let mut client_config: ClientConfig = kafka.client_config();
-    // Producer-only settings would only produce warnings on a consumer.
-    for key in [
-        "enable.idempotence",
-        "acks",
-        "max.in.flight.requests.per.connection",
-        "message.timeout.ms",
-        "partitioner",
-    ] {
-        client_config.remove(key);
-    }
-    let result = tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = client_config.create()?;
-        consumer.fetch_metadata(None, Duration::from_secs(10))
-    })
-    .await;
-    let metadata = match result {
-        Ok(Ok(metadata)) => metadata,
-        Ok(Err(err)) => {
-            findings.push(fail(
-                "broker",
-                format!(
-                    "cannot fetch metadata from {}: {err}",
-                    kafka.get("bootstrap.servers").unwrap_or("?")
-                ),
-                "check kafka.brokers, network access and TLS/SASL settings",
-            ));
-            return;
-        }
-        Err(err) => {
-            findings.push(fail("broker", err.to_string(), "retry"));
-            return;
-        }
-    };
-    findings.push(ok(
-        "broker",
-        format!("reachable, {} broker(s)", metadata.brokers().len()),
-    ));
-    let topic = &config.routing.topic;
-    let prefix = topic.split("${").next().unwrap_or(topic);
-    let mut matched = 0;
-    for t in metadata.topics() {
-        let name = t.name();
-        if (topic.contains("${") && name.starts_with(prefix) && !prefix.is_empty()) || name == topic {
-            matched += 1;
-            findings.push(ok(
-                "topic",
-                format!("{name}: {} partitions", t.partitions().len()),
-            ));
-        }
-    }
-    if matched == 0 {
-        findings.push(warn(
-            "topic",
-            format!("no topic matches {topic:?}"),
-            "create the topics with the partition count you want (auto-created topics get the broker's default)",
-        ));
-    }
-    if config.kafka.on_permanent_error == PermanentErrorPolicy::DeadLetter {
-        let dlq = &config.kafka.dead_letter_topic;
-        if metadata.topics().iter().any(|t| t.name() == dlq) {
-            findings.push(ok("dead-letter topic", dlq.clone()));
-        } else {
-            findings.push(fail(
-                "dead-letter topic",
-                format!("{dlq} does not exist"),
-                format!("create topic {dlq}"),
-            ));
-        }
     }
 }
 

@@ -265,6 +265,16 @@ pub enum PermanentErrorPolicy {
     DeadLetter,
 }
 
+impl PermanentErrorPolicy {
+    fn from_env(name: &str, value: &str) -> anyhow::Result<Self> {
+        match value {
+            "stop" => Ok(PermanentErrorPolicy::Stop),
+            "dead-letter" => Ok(PermanentErrorPolicy::DeadLetter),
+            other => bail!("{name}={other:?}: expected stop or dead-letter"),
+        }
+    }
+}
+
 /// `[sink]`: the broker records go to, and the policy for records it can
 /// never take. The policy keys may also stand in `[kafka]`, where earlier
 /// versions read them; a value here wins, and different values in both
@@ -366,6 +376,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("OUTBOXD_POSTGRES_PUBLICATION", "postgres.publication"),
     ("OUTBOXD_POSTGRES_TABLES", "postgres.tables (comma-separated)"),
     ("OUTBOXD_SINK", "sink.kind"),
+    ("OUTBOXD_SINK_ON_PERMANENT_ERROR", "sink.on_permanent_error"),
+    ("OUTBOXD_SINK_DEAD_LETTER", "sink.dead_letter"),
     ("OUTBOXD_KAFKA_BROKERS", "kafka.brokers"),
     ("OUTBOXD_KAFKA_ON_PERMANENT_ERROR", "kafka.on_permanent_error"),
     ("OUTBOXD_KAFKA_DEAD_LETTER_TOPIC", "kafka.dead_letter_topic"),
@@ -425,14 +437,12 @@ impl Config {
                 }
                 "OUTBOXD_KAFKA_BROKERS" => self.kafka.brokers = Some(value),
                 "OUTBOXD_KAFKA_ON_PERMANENT_ERROR" => {
-                    self.kafka.on_permanent_error = match value.as_str() {
-                        "stop" => PermanentErrorPolicy::Stop,
-                        "dead-letter" => PermanentErrorPolicy::DeadLetter,
-                        other => {
-                            bail!("OUTBOXD_KAFKA_ON_PERMANENT_ERROR={other:?}: expected stop or dead-letter")
-                        }
-                    }
+                    self.kafka.on_permanent_error = PermanentErrorPolicy::from_env(&name, &value)?
                 }
+                "OUTBOXD_SINK_ON_PERMANENT_ERROR" => {
+                    self.sink.on_permanent_error = Some(PermanentErrorPolicy::from_env(&name, &value)?)
+                }
+                "OUTBOXD_SINK_DEAD_LETTER" => self.sink.dead_letter = Some(value),
                 "OUTBOXD_KAFKA_DEAD_LETTER_TOPIC" => self.kafka.dead_letter_topic = value,
                 "OUTBOXD_CHECKPOINT_PATH" => self.checkpoint.path = value.into(),
                 "OUTBOXD_LOG_FORMAT" => {
@@ -707,5 +717,49 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("unknown placeholder"));
+    }
+
+    #[test]
+    fn the_sink_policy_is_read_from_sink_or_kafka_and_a_disagreement_is_refused() {
+        let legacy = Config::from_toml("[kafka]\non_permanent_error = \"dead-letter\"\n").unwrap();
+        assert_eq!(legacy.policy().unwrap(), PermanentErrorPolicy::DeadLetter);
+        assert_eq!(legacy.dead_letter(), "outboxd.dlq");
+        let neutral =
+            Config::from_toml("[sink]\non_permanent_error = \"dead-letter\"\ndead_letter = \"dlq.v2\"\n")
+                .unwrap();
+        assert_eq!(neutral.policy().unwrap(), PermanentErrorPolicy::DeadLetter);
+        assert_eq!(neutral.dead_letter(), "dlq.v2");
+        let both = Config::from_toml(
+            "[sink]\non_permanent_error = \"stop\"\n[kafka]\non_permanent_error = \"dead-letter\"\n",
+        )
+        .unwrap();
+        let err = both.policy().unwrap_err();
+        assert!(format!("{err:#}").contains("disagree"), "{err:#}");
+        let bad = Config::from_toml(
+            "[sink]\non_permanent_error = \"dead-letter\"\ndead_letter = \"no/slash\"\n\
+             [kafka]\nbrokers = \"k:9092\"\n",
+        )
+        .unwrap();
+        let err = bad.validate().unwrap_err();
+        assert!(
+            format!("{err:#}").contains("sink.dead_letter \"no/slash\""),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn the_sink_kind_comes_from_the_file_or_outboxd_sink() {
+        let mut config = Config::from_toml("[sink]\nkind = \"kafka\"\n").unwrap();
+        assert_eq!(config.sink.kind, SinkKind::Kafka);
+        let err = config
+            .apply_env([("OUTBOXD_SINK".to_owned(), "carrier-pigeon".to_owned())])
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("OUTBOXD_SINK=\"carrier-pigeon\": expected one of kafka"),
+            "{err}"
+        );
+        let err = Config::from_toml("[sink]\nkind = \"nats\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("unknown variant `nats`"), "{err:#}");
     }
 }

@@ -1,13 +1,13 @@
 //! `outboxd demo`: the whole pipeline with nothing to set up.
 //!
 //! Starts a throwaway PostgreSQL cluster from the installed binaries (the
-//! test harness's, `wal_level=logical`, removed at exit) and librdkafka's
-//! in-process mock Kafka cluster, runs `setup`, then a small simulated shop
-//! inserts orders — business row and outbox row in one transaction — while
-//! outboxd streams them and a Kafka consumer prints each record as it
-//! arrives (key, partition, headers, LSN). Ctrl-C (or `--events N`) stops
-//! it cleanly: the app stops, outboxd drains, the slot is acknowledged, and
-//! the demo checks that every inserted event reached Kafka exactly once.
+//! test harness's, `wal_level=logical`, removed at exit) and a broker (by
+//! default an in-process Kafka; see [`crate::sink::DemoBroker`]), runs
+//! `setup`, then a small simulated shop inserts orders — business row and
+//! outbox row in one transaction — while outboxd streams them and a consumer
+//! prints each record as it arrives (key, lane, headers, LSN). Ctrl-C (or
+//! `--events N`) stops it cleanly: the app stops, outboxd drains, the slot is
+//! acknowledged, and the demo checks that every inserted event arrived.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,16 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::mocking::MockCluster;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use testkit::PgCluster;
 use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::run::{run, shutdown_signal};
 use crate::setup::setup;
+use crate::sink::{DemoBroker, SinkKind};
 
 /// Demo settings.
 #[derive(Debug, Clone)]
@@ -33,19 +30,22 @@ pub struct DemoOptions {
     pub events: Option<u64>,
     /// Orders per second the simulated shop places.
     pub rate: f64,
-    /// Partitions of the demo topic.
+    /// Partitions of the demo topic (Kafka).
     pub partitions: i32,
+    /// The broker.
+    pub sink: SinkKind,
 }
-
-const TOPIC: &str = "outbox.event.order";
 const SHOP_SCHEMA: &str = "create table orders (id bigserial primary key, customer text not null, \
                            status text not null, amount_cents bigint not null)";
 
 /// Runs the demo, printing to stdout.
 pub async fn demo(options: DemoOptions) -> anyhow::Result<()> {
     println!(
-        "outboxd demo: a throwaway PostgreSQL, an in-process Kafka, a simulated shop. Ctrl-C stops it.\n"
+        "outboxd demo: a throwaway PostgreSQL, {}, a simulated shop. Ctrl-C stops it.\n",
+        DemoBroker::summary(options.sink)
     );
+    // The broker first: a missing one is reported before anything is started.
+    let broker = DemoBroker::start(options.sink, options.partitions).await?;
     let cluster = tokio::task::spawn_blocking(PgCluster::start)
         .await?
         .context("cannot start a throwaway PostgreSQL cluster (the demo needs the PostgreSQL server binaries: apt-get install postgresql)")?;
@@ -55,22 +55,13 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<()> {
     );
     cluster.psql(SHOP_SCHEMA).context("creating the shop's tables")?;
 
-    let kafka = MockCluster::new(1).context("cannot start librdkafka's mock cluster")?;
-    kafka
-        .create_topic(TOPIC, options.partitions, 1)
-        .context("creating the demo topic")?;
-    let brokers = kafka.bootstrap_servers();
-    println!(
-        "kafka      in-process mock cluster at {brokers}, topic {TOPIC} with {} partitions",
-        options.partitions
-    );
+    println!("{}", broker.describe());
 
     let state_dir = tempfile_dir()?;
     let mut config = Config::default();
     config.postgres.url = cluster.url("postgres", "postgres");
     config.postgres.status_interval_ms = 500;
-    config.kafka.brokers = Some(brokers.clone());
-    config.kafka.properties.insert("linger.ms".into(), "5".into());
+    broker.configure(&mut config);
     config.checkpoint.path = state_dir.join("checkpoint");
     config.admin.listen = String::new();
 
@@ -79,7 +70,7 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<()> {
     }
     println!(
         "\n{:<10} {:>4} {:<14} {:>12} {:>6}  id",
-        "key", "part", "type", "lsn", "index"
+        "key", "lane", "type", "lsn", "index"
     );
 
     // Stop on Ctrl-C, or when --events have been inserted and delivered.
@@ -95,11 +86,7 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<()> {
     ));
     let seen = Arc::new(AtomicU64::new(0));
     let reader_stop = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let (brokers, seen, stop) = (brokers.clone(), Arc::clone(&seen), Arc::clone(&reader_stop));
-        let partitions = options.partitions;
-        tokio::task::spawn_blocking(move || read_and_print(&brokers, partitions, &seen, &stop))
-    };
+    let reader = broker.spawn_reader(Arc::clone(&seen), Arc::clone(&reader_stop))?;
 
     let pipeline = {
         let mut stop = stop_rx.clone();
@@ -122,7 +109,7 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<()> {
         tokio::select! {
             () = &mut ctrl_c => break,
             _ = progress.tick() => println!(
-                "progress   {:>6.1}s  inserted {}  in kafka {}",
+                "progress   {:>6.1}s  inserted {}  delivered {}",
                 started.elapsed().as_secs_f64(), inserted.load(Ordering::Relaxed), seen.load(Ordering::Relaxed)
             ),
             _ = tokio::time::sleep(Duration::from_millis(100)) => {
@@ -163,7 +150,7 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<()> {
         .get(0);
     let unique: HashSet<&String> = ids.iter().collect();
     println!(
-        "\ninserted {total} events; {} records in kafka ({} distinct ids); outboxd sent {}, broker acknowledged {}; \
+        "\ninserted {total} events; {} records delivered ({} distinct ids); outboxd sent {}, broker acknowledged {}; \
          slot confirmed at {confirmed} (outboxd acknowledged {})",
         ids.len(),
         unique.len(),
@@ -171,17 +158,17 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<()> {
         summary.delivered,
         summary.confirmed
     );
-    drop(kafka);
+    broker.stop().await;
     drop(cluster);
     std::fs::remove_dir_all(&state_dir).ok();
     if unique.len() as u64 != total {
         anyhow::bail!(
-            "{} events were inserted but {} distinct ids reached kafka",
+            "{} events were inserted but {} distinct ids arrived",
             total,
             unique.len()
         );
     }
-    println!("every inserted event reached kafka. the throwaway cluster is removed.");
+    println!("every inserted event arrived. the throwaway cluster is removed.");
     Ok(())
 }
 
@@ -228,50 +215,4 @@ async fn shop(
         tokio::time::sleep(pause).await;
     }
     Ok(())
-}
-
-/// A plain Kafka consumer printing what arrives; returns the ids seen.
-fn read_and_print(
-    brokers: &str,
-    partitions: i32,
-    seen: &AtomicU64,
-    stop: &AtomicBool,
-) -> anyhow::Result<Vec<String>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "outboxd-demo-reader")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..partitions {
-        assignment.add_partition_offset(TOPIC, p, Offset::Beginning)?;
-    }
-    consumer.assign(&assignment)?;
-    let mut ids = Vec::new();
-    while !stop.load(Ordering::Relaxed) {
-        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        let message = message?;
-        let header = |name: &str| {
-            message
-                .headers()
-                .and_then(|hs| hs.iter().find(|h| h.key == name).and_then(|h| h.value))
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default()
-        };
-        let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
-        println!(
-            "{:<10} {:>4} {:<14} {:>12} {:>6}  {}",
-            key,
-            message.partition(),
-            header("type"),
-            header("outboxd.lsn"),
-            header("outboxd.index"),
-            header("id")
-        );
-        ids.push(header("id"));
-        seen.fetch_add(1, Ordering::Relaxed);
-    }
-    Ok(ids)
 }

@@ -11,6 +11,7 @@ use outboxd::metrics::Metrics;
 use outboxd::replay::{replay, ReplayOptions};
 use outboxd::run::{run_from, shutdown_signal};
 use outboxd::setup::setup;
+use outboxd::sink::SinkKind;
 use pgoutput::Lsn;
 use tracing_subscriber::EnvFilter;
 
@@ -78,9 +79,13 @@ enum Command {
         /// Orders per second.
         #[arg(long, default_value_t = 5.0)]
         rate: f64,
-        /// Partitions of the demo topic.
+        /// Partitions of the demo topic (Kafka).
         #[arg(long, default_value_t = 3)]
         partitions: i32,
+        /// The broker: `kafka` (in-process, the default, or `[sink] kind` /
+        /// OUTBOXD_SINK).
+        #[arg(long, value_parser = parse_sink)]
+        sink: Option<SinkKind>,
     },
     /// Print the effective configuration (secrets redacted) and check it.
     Config,
@@ -214,11 +219,13 @@ fn main() -> ExitCode {
                 events,
                 rate,
                 partitions,
+                sink,
             } => {
                 demo(DemoOptions {
                     events,
                     rate,
                     partitions,
+                    sink: sink.unwrap_or(config.sink.kind),
                 })
                 .await
             }
@@ -238,4 +245,8 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn parse_sink(value: &str) -> Result<SinkKind, String> {
+    SinkKind::parse(value).ok_or_else(|| format!("expected one of {}", SinkKind::ALL.join(", ")))
 }

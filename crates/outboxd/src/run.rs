@@ -113,9 +113,16 @@ pub async fn run_from(
 
     let (deliveries_tx, deliveries) = mpsc::unbounded_channel();
     let sink = AnySink::build(config, deliveries_tx).map_err(RunError::Setup)?;
-    let stream = ReplicationStream::start(stream_config)
-        .await
-        .map_err(|e| RunError::Pipeline(e.into()))?;
+    // Starting retries while the server is unreachable or the slot is active
+    // for another process (a second instance, or the walsender of a killed
+    // one): a stop request must still end it at once.
+    let stream = tokio::select! {
+        stream = ReplicationStream::start(stream_config) => stream.map_err(|e| RunError::Pipeline(e.into()))?,
+        () = &mut shutdown => {
+            info!("shutdown requested while connecting to the slot; nothing was streamed");
+            return Ok(Summary::default());
+        }
+    };
     metrics.attach_stream(stream.stats());
     let admin = if config.admin.listen.is_empty() {
         None

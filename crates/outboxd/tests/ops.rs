@@ -606,3 +606,27 @@ async fn the_sql_files_apply_twice_give_a_least_privilege_role_and_a_working_tab
     let payload: serde_json::Value = serde_json::from_slice(read[0].value.as_deref().unwrap()).unwrap();
     assert_eq!(payload["amount_cents"], 1999);
 }
+
+/// Found in review: an instance that found the slot active (another
+/// instance streaming) retried with backoff and ignored SIGTERM until it was
+/// killed, so every rolling deploy waited out the grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_the_slot_is_active_elsewhere_exits_zero_within_a_second() {
+    let env = Env::start("");
+    let active = env.spawn_streaming();
+    let mut second = env.spawn();
+    tokio::task::block_in_place(|| {
+        second.wait_for_log("cannot start replication yet, retrying", Duration::from_secs(30))
+    });
+    let asked = std::time::Instant::now();
+    second.signal("TERM");
+    let status = tokio::task::block_in_place(|| second.wait(Duration::from_secs(10)));
+    let took = asked.elapsed();
+    eprintln!("the waiting instance exited {status} {took:?} after SIGTERM");
+    assert!(status.success(), "exit {status}; log:\n{}", second.log());
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(second
+        .log()
+        .contains("shutdown requested while connecting to the slot"));
+    active.terminate();
+}

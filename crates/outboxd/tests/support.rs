@@ -3,14 +3,15 @@
 //! port), and `outboxd` as a child process, so it can be SIGKILLed and
 //! SIGTERMed like in production. Records are read back with a real consumer.
 
-use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use pgoutput::Lsn;
 use rdkafka::mocking::MockCluster;
+use testkit::conformance::Received;
+pub(crate) use testkit::conformance::{event_id, writer, Outboxd};
 use testkit::kafka::{read_topic, ReadRecord};
 use testkit::PgCluster;
 
@@ -151,7 +152,7 @@ impl Env {
             .stderr(File::create(&log).unwrap())
             .spawn()
             .expect("spawn outboxd");
-        Outboxd { child, log }
+        Outboxd::from_child(child, log)
     }
 
     /// The slot's confirmed position.
@@ -187,7 +188,7 @@ impl Env {
     }
 }
 
-fn unique() -> u64 {
+pub(crate) fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
@@ -198,7 +199,7 @@ fn unique() -> u64 {
 }
 
 /// Creates topics on a real broker with the admin API (existing ones are fine).
-fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
+pub(crate) fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
@@ -221,191 +222,12 @@ fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
     }
 }
 
-pub(crate) struct Outboxd {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Outboxd {
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
+/// A Kafka record as the conformance suite sees it (lane = partition).
+pub(crate) fn received(record: &ReadRecord) -> Received {
+    Received {
+        lane: record.partition.to_string(),
+        key: record.key.clone(),
+        value: record.value.clone(),
+        headers: record.headers.clone(),
     }
-
-    pub(crate) fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub(crate) fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.pid().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits for the process to exit (panics with its log after `timeout`).
-    pub(crate) fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("outboxd did not exit within {timeout:?}; log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGTERM, and asserts a clean exit (0) within 30 s.
-    pub(crate) fn terminate(mut self) {
-        self.signal("TERM");
-        let status = self.wait(Duration::from_secs(30));
-        assert!(status.success(), "exit {status}; log:\n{}", self.log());
-    }
-
-    pub(crate) fn kill9(&mut self) {
-        self.signal("KILL");
-        self.wait(Duration::from_secs(10));
-    }
-
-    /// Waits until the log contains `text`.
-    pub(crate) fn wait_for_log(&mut self, text: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.log().contains(text) {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "outboxd exited ({status}) before logging {text:?}; log:\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {text:?} in the log within {timeout:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Outboxd {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// The deterministic event id of writer `w`'s `n`-th event.
-pub(crate) fn event_id(w: u64, n: u64) -> String {
-    format!("00000000-0000-4000-8000-{:04}{:08}", w, n)
-}
-
-/// One application writer: `count` transactions of `per_tx` events on the
-/// aggregates `agg-{w}-{0..aggregates}`, each event's payload carrying its
-/// sequence number within its aggregate. Returns the ids in commit order.
-pub(crate) async fn writer(
-    pg: tokio_postgres::Config,
-    w: u64,
-    count: u64,
-    per_tx: u64,
-    aggregates: u64,
-    pause: Duration,
-) -> Vec<String> {
-    let (client, connection) = pg.connect(tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    let mut ids = Vec::new();
-    let mut seq: HashMap<u64, u64> = HashMap::new();
-    let mut n = 0;
-    for _ in 0..count {
-        let mut sql = String::from("begin;");
-        for _ in 0..per_tx {
-            let a = n % aggregates;
-            let s = seq.entry(a).or_default();
-            let id = event_id(w, n);
-            sql.push_str(&format!(
-                "insert into outbox (id, aggregatetype, aggregateid, type, payload) values \
-                 ('{id}', 'order', 'agg-{w}-{a}', 'OrderChanged', '{{\"seq\": {s}, \"pad\": \"{pad}\"}}');",
-                pad = "x".repeat(200)
-            ));
-            *s += 1;
-            ids.push(id);
-            n += 1;
-        }
-        sql.push_str("commit;");
-        // A writer whose connection drops (Postgres restarting) would lose track; not used here.
-        client.batch_execute(&sql).await.unwrap();
-        if !pause.is_zero() {
-            tokio::time::sleep(pause).await;
-        }
-    }
-    ids
-}
-
-/// The three figures every scenario asserts.
-#[derive(Debug)]
-pub(crate) struct Figures {
-    pub(crate) lost: usize,
-    pub(crate) order_violations: usize,
-    pub(crate) duplicates: usize,
-}
-
-/// Compares what reached Kafka with what was written: loss, duplicates (each
-/// with the same id and position as its first copy), per-aggregate order of
-/// first occurrences (by the payload's per-aggregate sequence), partition
-/// placement and headers.
-pub(crate) fn figures(written: &[String], read: &[ReadRecord]) -> Figures {
-    let mut first: HashMap<&str, &ReadRecord> = HashMap::new();
-    let mut duplicates = 0;
-    let mut last_seq: HashMap<&[u8], u64> = HashMap::new();
-    let mut order_violations = 0;
-    for r in read {
-        assert_eq!(
-            r.partition,
-            sink_kafka::java_partition(&r.key, PARTITIONS),
-            "key {} on the wrong partition",
-            r.key_str()
-        );
-        let id = r.header("id").expect("id header");
-        assert_eq!(r.header("type"), Some("OrderChanged"));
-        assert_eq!(r.header("aggregatetype"), Some("order"));
-        let lsn: Lsn = r.header("outboxd.lsn").expect("lsn header").parse().unwrap();
-        let _index: u64 = r.header("outboxd.index").expect("index header").parse().unwrap();
-        assert!(lsn > Lsn::ZERO);
-        if let Some(previous) = first.get(id) {
-            duplicates += 1;
-            assert_eq!(
-                previous.header("outboxd.lsn"),
-                r.header("outboxd.lsn"),
-                "duplicate {id} at another position"
-            );
-            assert_eq!(previous.header("outboxd.index"), r.header("outboxd.index"));
-            assert_eq!(previous.value, r.value);
-            continue;
-        }
-        first.insert(id, r);
-        let payload: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
-        let seq = payload["seq"].as_u64().unwrap();
-        // Records come back partition by partition, in offset order; a key lives on one partition.
-        match last_seq.insert(&r.key, seq) {
-            Some(prev) if seq != prev + 1 => order_violations += 1,
-            None if seq != 0 => order_violations += 1,
-            _ => {}
-        }
-    }
-    let unique: HashSet<&str> = first.keys().copied().collect();
-    let lost = written.iter().filter(|id| !unique.contains(id.as_str())).count();
-    let unexpected = unique.len() + lost - written.len();
-    assert_eq!(unexpected, 0, "records that were never written");
-    let figures = Figures {
-        lost,
-        order_violations,
-        duplicates,
-    };
-    eprintln!("written {}, read {}: {figures:?}", written.len(), read.len());
-    figures
 }

@@ -35,6 +35,7 @@
 
 mod binaries;
 mod cluster;
+pub mod conformance;
 mod error;
 pub mod kafka;
 mod os_user;
