@@ -9,7 +9,7 @@ use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use outbox_core::{AckTracker, Lsn, Sink};
-use sink_rabbitmq::{declare_exchange, ExchangeType, RabbitConfig};
+use sink_rabbitmq::{declare_exchange, inspect_exchange, Bindings, ExchangeType, RabbitConfig};
 use testkit::rabbitmq::{read_queue, shared_url, unique_name, RabbitNode};
 
 use crate::fixture::{record, sink, Topology};
@@ -209,12 +209,18 @@ async fn connection_cut_under_load_republishes_the_unconfirmed_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consistent_hash_exchange_spreads_aggregates_and_keeps_their_order() {
-    let node = RabbitNode::start().unwrap();
+    // With the management API, so `check`'s inspection counts the bindings.
+    let node = RabbitNode::start_with_management().unwrap();
     let exchange = unique_name("sink-test-hash");
     let config = RabbitConfig::new(&node.url())
         .unwrap()
         .exchange(&exchange)
+        .unwrap()
+        .management(&node.management_address().unwrap());
+    let report = inspect_exchange(&config, &exchange, ExchangeType::ConsistentHash)
+        .await
         .unwrap();
+    assert!(!report.exists);
     declare_exchange(&config, &exchange, ExchangeType::ConsistentHash)
         .await
         .unwrap();
@@ -244,6 +250,19 @@ async fn consistent_hash_exchange_spreads_aggregates_and_keeps_their_order() {
             .await
             .unwrap();
     }
+    let report = inspect_exchange(&config, &exchange, ExchangeType::ConsistentHash)
+        .await
+        .unwrap();
+    assert!(report.exists);
+    assert_eq!(report.kind.as_deref(), Some("x-consistent-hash"));
+    assert_eq!(report.as_expected, Some(true));
+    assert_eq!(report.bindings, Bindings::Count(4), "{report:?}");
+    let report = inspect_exchange(&config, &exchange, ExchangeType::Topic)
+        .await
+        .unwrap();
+    assert_eq!(report.as_expected, Some(false), "{report:?}");
+    assert_eq!(report.kind.as_deref(), Some("x-consistent-hash"));
+
     let (mut sink, mut deliveries) = sink(&config).await;
     let records: Vec<_> = (0..2000).map(|i| record(i, i % 40, "{}")).collect();
     let (_, reports) = crate::fixture::send_all(&mut sink, &mut deliveries, records).await;

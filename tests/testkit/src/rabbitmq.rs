@@ -53,12 +53,23 @@ pub struct RabbitNode {
     dir: TempDir,
     node: String,
     port: u16,
+    management_port: Option<u16>,
     child: Option<Child>,
 }
 
 impl RabbitNode {
     /// Starts a node on free ports and waits until it accepts connections.
     pub fn start() -> Result<Self, HarnessError> {
+        Self::launch(false)
+    }
+
+    /// Starts a node with the management plugin too (HTTP API on a free
+    /// port of 127.0.0.1, see [`RabbitNode::management_address`]).
+    pub fn start_with_management() -> Result<Self, HarnessError> {
+        Self::launch(true)
+    }
+
+    fn launch(management: bool) -> Result<Self, HarnessError> {
         let server = PathBuf::from(SBIN).join("rabbitmq-server");
         if !server.exists() {
             return Err(HarnessError::new(format!(
@@ -67,10 +78,20 @@ impl RabbitNode {
             )));
         }
         let dir = tempfile::Builder::new().prefix("outboxd-rabbit-").tempdir()?;
-        std::fs::write(
-            dir.path().join("enabled_plugins"),
-            "[rabbitmq_consistent_hash_exchange].\n",
-        )?;
+        let management_port = if management { Some(free_port()?) } else { None };
+        let plugins = if management {
+            "[rabbitmq_consistent_hash_exchange,rabbitmq_management].\n"
+        } else {
+            "[rabbitmq_consistent_hash_exchange].\n"
+        };
+        std::fs::write(dir.path().join("enabled_plugins"), plugins)?;
+        let mut conf = String::new();
+        if let Some(port) = management_port {
+            conf.push_str(&format!(
+                "management.tcp.port = {port}\nmanagement.tcp.ip = 127.0.0.1\n"
+            ));
+        }
+        std::fs::write(dir.path().join("rabbitmq.conf"), conf)?;
         let node = format!("{}@localhost", unique_name("outboxd-test"));
         let port = free_port()?;
         let dist_port = free_port()?;
@@ -103,6 +124,7 @@ impl RabbitNode {
             dir,
             node,
             port,
+            management_port,
             child: Some(child),
         };
         rabbit.wait_started()?;
@@ -117,6 +139,11 @@ impl RabbitNode {
     /// The AMQP port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `127.0.0.1:<port>` of the management HTTP API, when started with it.
+    pub fn management_address(&self) -> Option<String> {
+        self.management_port.map(|port| format!("127.0.0.1:{port}"))
     }
 
     /// Runs `rabbitmqctl` against this node; its output.
@@ -167,8 +194,10 @@ impl RabbitNode {
     fn wait_started(&self) -> Result<(), HarnessError> {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
+            let listening = |port: u16| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
             if self.ctl(&["await_startup", "--timeout", "60"]).is_ok()
-                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && listening(self.port)
+                && self.management_port.map_or(true, listening)
             {
                 return Ok(());
             }
