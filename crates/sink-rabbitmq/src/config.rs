@@ -16,6 +16,9 @@ pub const DEFAULT_EXCHANGE: &str = "outbox";
 pub const DEFAULT_ROUTING_KEY: &str = "${aggregatetype}.${type}";
 /// The default bound on published, unconfirmed records.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+/// The default bound on the bodies of published, unconfirmed records
+/// (32 MiB, like the Kafka sink's queue).
+pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 32 * 1024 * 1024;
 /// RabbitMQ's own default `max_message_size` (128 MiB): larger bodies make
 /// the broker close the channel, so they are refused before publishing.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 128 * 1024 * 1024;
@@ -28,6 +31,7 @@ pub struct RabbitConfig {
     uri: AMQPUri,
     exchange: Template,
     max_in_flight: usize,
+    max_in_flight_bytes: usize,
     max_message_bytes: usize,
     ca_pem: Option<String>,
     management: Option<String>,
@@ -39,6 +43,7 @@ impl fmt::Debug for RabbitConfig {
             .field("url", &self.redacted_url())
             .field("exchange", &self.exchange.as_str())
             .field("max_in_flight", &self.max_in_flight)
+            .field("max_in_flight_bytes", &self.max_in_flight_bytes)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("ca_file", &self.ca_pem.as_ref().map(|_| "<set>"))
             .field("management", &self.management_address())
@@ -59,6 +64,7 @@ impl RabbitConfig {
             uri,
             exchange: Template::new("exchange", DEFAULT_EXCHANGE)?,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             ca_pem: None,
             management: None,
@@ -91,6 +97,14 @@ impl RabbitConfig {
         }
         self.max_in_flight = records;
         Ok(self)
+    }
+
+    /// The most body bytes published and not yet confirmed (one record
+    /// larger than this still goes, alone); with `max_in_flight` it bounds
+    /// the sink's memory whatever the payload sizes.
+    pub fn max_in_flight_bytes(mut self, bytes: usize) -> Self {
+        self.max_in_flight_bytes = bytes;
+        self
     }
 
     /// The largest body published; a larger record fails as too large
@@ -133,6 +147,11 @@ impl RabbitConfig {
     /// The in-flight window.
     pub fn window(&self) -> usize {
         self.max_in_flight
+    }
+
+    /// The in-flight window in body bytes.
+    pub fn window_bytes(&self) -> usize {
+        self.max_in_flight_bytes
     }
 
     /// The largest body published.

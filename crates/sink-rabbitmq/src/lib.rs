@@ -21,9 +21,10 @@
 //!   single consumer. For parallel consumers with per-key order, route
 //!   through a consistent-hash exchange ([`ExchangeType::ConsistentHash`]:
 //!   the aggregate id picks one of several queues, each with one consumer).
-//! * **Backpressure**: at most `max_in_flight` records are published and
-//!   unconfirmed; `send` waits for confirms when the window is full (the
-//!   pipeline stops reading the slot meanwhile).
+//! * **Backpressure**: at most `max_in_flight` records (and
+//!   `max_in_flight_bytes` of bodies) are published and unconfirmed; `send`
+//!   waits for confirms when the window is full (the pipeline stops reading
+//!   the slot meanwhile), so memory is bounded whatever the transaction size.
 //! * **Failures** (see [`classify`](crate::classify)): unroutable, nacked,
 //!   too large, or to a missing exchange → `Permanent` for that record (the
 //!   record is returned with it, for the dead-letter policy); a lost
@@ -59,8 +60,8 @@ use outbox_core::{Delivery, DeliveryError, Record, Sink, TxSeq};
 use tokio::sync::{mpsc, oneshot};
 
 pub use config::{
-    redact_url, RabbitConfig, APP_ID, DEFAULT_EXCHANGE, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_ROUTING_KEY,
+    redact_url, RabbitConfig, APP_ID, DEFAULT_EXCHANGE, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_ROUTING_KEY,
 };
 pub use error::{ConfigError, SinkError};
 pub use message::{AGGREGATE_ID, PERSISTENT};

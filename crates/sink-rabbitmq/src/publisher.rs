@@ -125,6 +125,9 @@ pub(crate) struct Publisher {
     link: Option<Link>,
     known_exchanges: HashSet<ShortString>,
     pending: VecDeque<Pending>,
+    /// Body bytes of `pending`: kept on the hot path (publish, confirm),
+    /// counted again after a recovery reshuffled `pending`.
+    pending_bytes: usize,
     flushes: Vec<oneshot::Sender<()>>,
 }
 
@@ -144,6 +147,7 @@ impl Publisher {
             link: Some(link),
             known_exchanges: HashSet::new(),
             pending: VecDeque::new(),
+            pending_bytes: 0,
             flushes: Vec::new(),
         }
     }
@@ -169,7 +173,8 @@ impl Publisher {
                 }
             }
             let has_pending = !self.pending.is_empty();
-            let has_room = self.pending.len() < window;
+            let has_room = self.pending.len() < window
+                && (self.pending.is_empty() || self.pending_bytes < self.config.window_bytes());
             let pending = &mut self.pending;
             let commands = &mut self.commands;
             let next = tokio::select! {
@@ -182,6 +187,7 @@ impl Publisher {
                 Next::Confirm(confirm) => match *confirm {
                     Ok(confirmation) => {
                         let front = self.pending.pop_front().expect("guarded");
+                        self.pending_bytes -= front.message.body.len();
                         self.confirmed(front, confirmation)?;
                     }
                     Err(err) => self.recover(err).await?,
@@ -251,6 +257,7 @@ impl Publisher {
             };
             match outcome {
                 Ok(confirm) => {
+                    self.pending_bytes += message.body.len();
                     self.pending.push_back(Pending {
                         record,
                         tx,
@@ -319,7 +326,13 @@ impl Publisher {
     /// After an error on the publishing channel: reconnect and publish every
     /// pending record again, in order. Returns only when that is done (or
     /// with a fatal error); the pipeline waits meanwhile.
-    async fn recover(&mut self, mut err: lapin::Error) -> Result<(), DeliveryError> {
+    async fn recover(&mut self, err: lapin::Error) -> Result<(), DeliveryError> {
+        let result = self.recover_from(err).await;
+        self.pending_bytes = self.pending.iter().map(|p| p.message.body.len()).sum();
+        result
+    }
+
+    async fn recover_from(&mut self, mut err: lapin::Error) -> Result<(), DeliveryError> {
         loop {
             let loss = classify(&err);
             if loss == Loss::Fatal {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use outbox_core::{ErrorClass, Lsn, PermanentReason};
+use outbox_core::{ErrorClass, Lsn, PermanentReason, Sink};
 use testkit::rabbitmq::{read_queue, shared_url};
 
 use crate::fixture::{record, send_all, sink, Topology};
@@ -46,6 +46,37 @@ async fn records_arrive_in_commit_order_with_properties_and_headers() {
     assert_eq!(m.header("outboxd.lsn"), Some(Lsn::new(1007).to_string().as_str()));
     assert_eq!(m.header("outboxd.index"), Some("0"));
     assert_eq!(m.header("id"), None);
+    topology.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_byte_window_bounds_what_is_unconfirmed() {
+    // 100-byte bodies, a 150-byte window: never more than two unconfirmed
+    // (one fits, the next is admitted while under the limit, then send waits).
+    let topology = Topology::new(&shared_url(), "#").await;
+    let config = topology.config().max_in_flight_bytes(150);
+    let (mut sink, mut deliveries) = sink(&config).await;
+    let mut tracker: outbox_core::AckTracker = outbox_core::AckTracker::new(Lsn::new(1));
+    let mut most = 0;
+    for i in 0..300u64 {
+        let seq = tracker.push(Lsn::new(2000 + i), 1, ()).unwrap();
+        sink.send(record(i, i % 7, &"x".repeat(100)), seq).await.unwrap();
+        most = most.max(sink.in_flight());
+    }
+    sink.flush().await.unwrap();
+    assert!(most <= 2, "{most} unconfirmed records");
+    let mut reports = 0;
+    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(2), deliveries.recv()).await {
+        assert!(d.result.is_ok());
+        reports += 1;
+    }
+    assert_eq!(reports, 300);
+    let read = read_queue(&topology.url, &topology.queue, 300, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let ids: Vec<_> = read.iter().map(|m| m.message_id.clone().unwrap()).collect();
+    let expected: Vec<_> = (0..300).map(|i| format!("id-{i}")).collect();
+    assert_eq!(ids, expected);
     topology.remove().await;
 }
 
