@@ -17,7 +17,10 @@
 //! 4. **steady load**: an application inserting at a fixed rate while the
 //!    full pipeline runs: commit→ack latency (see `steady.rs` for clocks);
 //! 5. **huge transaction**: one transaction of N/10 and of N rows through the
-//!    full pipeline, with outboxd's peak RSS.
+//!    full pipeline, with outboxd's peak RSS;
+//! 6. with `--rabbitmq URL`, **the RabbitMQ ceiling**: a bare lapin publisher
+//!    in confirm mode publishing as many messages of the backlog's size, with
+//!    the sink's window, on the same broker (see `rabbitmq.rs`).
 //!
 //! Every outboxd consumer runs in a child process (`outboxd-bench consume`,
 //! hidden) so its CPU seconds and peak RSS are its own; the mock Kafka
@@ -30,6 +33,7 @@
 
 mod backlog;
 mod consumer;
+mod rabbitmq;
 mod reference;
 mod report;
 mod steady;
@@ -92,6 +96,11 @@ struct Cli {
     /// the topic outbox.event.order must exist or be auto-created.
     #[arg(long)]
     kafka_brokers: Option<String>,
+    /// Also run the RabbitMQ scenarios against this broker
+    /// (`amqp://guest:guest@127.0.0.1:5672/%2f`): each backlog is also
+    /// published by a bare lapin publisher in confirm mode (the ceiling).
+    #[arg(long)]
+    rabbitmq: Option<String>,
     /// Also write the results as JSON to this file (`-` for stdout, after the table).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -115,6 +124,8 @@ enum Scenario {
     Pipeline,
     Steady,
     Huge,
+    /// The bare lapin publisher (with `--rabbitmq`).
+    Ceiling,
 }
 
 fn main() -> ExitCode {
@@ -192,6 +203,9 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
                             .map(|&rt| Consumer::Pipeline(rt, Some(brokers.clone()))),
                     );
                 }
+            }
+            if let (Some(url), true) = (&cli.rabbitmq, runs(Scenario::Ceiling)) {
+                round_plan.push(Consumer::RabbitCeiling(url.clone()));
             }
             if round % 2 == 1 {
                 round_plan.reverse();
@@ -277,6 +291,8 @@ enum Consumer {
     Decode(Runtime),
     /// Into the mock cluster (`None`) or these bootstrap servers.
     Pipeline(Runtime, Option<String>),
+    /// A bare lapin publisher into this RabbitMQ (no Postgres involved).
+    RabbitCeiling(String),
 }
 
 impl Consumer {
@@ -286,6 +302,7 @@ impl Consumer {
             Consumer::Decode(_) => "decode",
             Consumer::Pipeline(_, None) => "pipeline",
             Consumer::Pipeline(_, Some(_)) => "broker",
+            Consumer::RabbitCeiling(_) => "ceiling",
         }
     }
 
@@ -304,6 +321,7 @@ impl Consumer {
             Consumer::Pipeline(rt, Some(brokers)) => {
                 format!("outboxd full pipeline, kafka {brokers}{}", runtime(rt))
             }
+            Consumer::RabbitCeiling(_) => "bare lapin publisher, confirms (rabbitmq ceiling)".to_owned(),
         }
     }
 }
@@ -375,6 +393,15 @@ impl Bench {
                     }
                     report
                 }
+                Consumer::RabbitCeiling(url) => {
+                    let body = sample_payload(&self.loader).await?;
+                    let window = sink_rabbitmq::DEFAULT_MAX_IN_FLIGHT;
+                    let destination = rabbitmq::Destination::create(url, "ceiling", 100_000).await?;
+                    let report = rabbitmq::ceiling(&destination, backlog.rows, &body, window).await;
+                    destination.remove().await?;
+                    note = format!("{}-byte bodies, window {window}", body.len());
+                    report?
+                }
             };
             let mut row = Row::new(scenario, report);
             row.note = note;
@@ -409,6 +436,14 @@ impl Bench {
             timeout: 3600,
         }
     }
+}
+
+/// One event's payload as outboxd publishes it (the jsonb text form).
+async fn sample_payload(client: &tokio_postgres::Client) -> anyhow::Result<Vec<u8>> {
+    let row = client
+        .query_one("select payload::text from outbox order by id limit 1", &[])
+        .await?;
+    Ok(row.get::<_, String>(0).into_bytes())
 }
 
 /// With `--repeat`, one more row per consumer: its median run by events/s,

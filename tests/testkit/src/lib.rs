@@ -45,6 +45,7 @@ pub mod kafka;
 mod os_user;
 mod process;
 mod proxy;
+pub mod rabbitmq;
 
 pub use cluster::{PasswordAuth, PgCluster, PgClusterBuilder, StopMode};
 pub use error::HarnessError;
