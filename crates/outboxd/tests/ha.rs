@@ -223,3 +223,47 @@ async fn with_the_checkpoint_in_postgres_the_new_leader_starts_from_the_old_lead
     );
     standby.terminate();
 }
+
+/// The network between the leader and PostgreSQL is cut (the fault proxy
+/// closes its connections and refuses new ones): the leader stops confirming,
+/// the standby takes over, nothing is lost; when the network returns the old
+/// leader comes back as a standby.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cutting_the_leaders_network_hands_over_to_the_standby_and_loses_nothing() {
+    let suite = suite();
+    let proxy = testkit::FaultProxy::start(("127.0.0.1", suite.pg.port())).unwrap();
+    let through_proxy = format!("postgresql://postgres@127.0.0.1:{}/postgres", proxy.port());
+    let mut leader = suite.spawn_with_env(&[("OUTBOXD_POSTGRES_URL", through_proxy.as_str())]);
+    tokio::task::block_in_place(|| leader.wait_for_log("streaming", Duration::from_secs(30)));
+    let mut standby = standby(&suite);
+    let writers = suite.spawn_writers(4, 600, 40, Duration::from_millis(3));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.cut();
+    let cut = Instant::now();
+    let confirmed_at_cut = suite.confirmed().await;
+    tokio::task::block_in_place(|| {
+        standby.wait_for_log("the lease is free: taking over", Duration::from_secs(60))
+    });
+    confirmed_past(&suite, confirmed_at_cut, Duration::from_secs(60)).await;
+    let takeover = cut.elapsed();
+    tokio::task::block_in_place(|| leader.wait_for_log("the lease may be lost", Duration::from_secs(30)));
+    let written = conformance::join_all(writers).await;
+    let read = suite.read(written.len());
+    let f = suite.figures(&written, &read);
+    eprintln!(
+        "network cut: the standby confirmed past the slot's {} {:.2}s after the cut; {f:?}",
+        format_lsn(confirmed_at_cut),
+        takeover.as_secs_f64()
+    );
+    assert_eq!((f.lost, f.order_violations), (0, 0));
+    // The network returns: the old leader waits as a standby.
+    proxy.pass();
+    tokio::task::block_in_place(|| {
+        leader.wait_for_log(
+            "standby: another instance holds the lease",
+            Duration::from_secs(60),
+        )
+    });
+    leader.terminate();
+    standby.terminate();
+}
