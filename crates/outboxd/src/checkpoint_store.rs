@@ -120,22 +120,10 @@ pub struct CheckpointTable {
     origin: Option<Origin>,
 }
 
-/// The table's definition (`outboxd setup` and `sql/06_checkpoint.sql`).
+/// The table's definition: `sql/06_checkpoint.sql` (what `outboxd setup`
+/// runs), with the configured table name.
 pub fn table_sql(table: &str) -> String {
-    format!(
-        "create table if not exists {} (
-           slot                  text primary key,
-           delivered_end_lsn     pg_lsn not null,
-           last_event_id         text,
-           last_event_commit_lsn pg_lsn,
-           last_event_index      bigint,
-           system_identifier     text,
-           timeline              integer,
-           database              text,
-           written_at            timestamptz not null default now()
-         )",
-        qualified_table(table)
-    )
+    include_str!("../../../sql/06_checkpoint.sql").replace("outboxd_checkpoint", &qualified_table(table))
 }
 
 /// `schema.table` or `table`, each part quoted.

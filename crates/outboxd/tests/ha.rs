@@ -155,16 +155,22 @@ async fn a_rolling_restart_of_two_instances_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_checkpoint_in_postgres_the_new_leader_starts_from_the_old_leaders_checkpoint() {
     let suite = suite();
-    suite
-        .pg
-        .psql(
-            &std::fs::read_to_string(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../sql/06_checkpoint.sql"
-            ))
-            .unwrap(),
-        )
+    // `setup` creates the table (from sql/06_checkpoint.sql) when the store is postgres.
+    let setup = suite
+        .command(&["setup"])
+        .env("OUTBOXD_CHECKPOINT_STORE", "postgres")
+        .output()
         .unwrap();
+    let text = String::from_utf8_lossy(&setup.stdout);
+    assert!(
+        setup.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    assert!(
+        text.contains("checkpoint table outboxd_checkpoint: ready"),
+        "{text}"
+    );
     let elsewhere = tempfile::tempdir().unwrap();
     let in_postgres = [("OUTBOXD_CHECKPOINT_STORE", "postgres")];
     let mut leader = suite.spawn_with_env(&in_postgres);
