@@ -201,21 +201,10 @@ impl RabbitConfig {
     }
 }
 
-/// `url` with the password of its userinfo replaced; used before the URL is
-/// known to parse.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}{path}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
+/// A URL as it may be shown (its password, and any query value not on the
+/// allow-list, replaced): the project's one redaction function, under the
+/// name this crate's callers use; also used before the URL is known to parse.
+pub use outbox_core::redact::redact as redact_url;
 
 #[cfg(test)]
 mod tests {
