@@ -58,6 +58,12 @@ pub enum RabbitInboxError {
     /// No worker.
     #[error("rabbitmq inbox consumer: {0}")]
     Config(String),
+    /// The broker cancelled the consumer or the channel closed without the
+    /// caller asking it to stop.
+    #[error(
+        "rabbitmq: the consumer was cancelled or its channel closed; unacknowledged messages are redelivered"
+    )]
+    Cancelled,
     /// The channel failed (qos, consume, ack).
     #[error("rabbitmq: {context}: {source}")]
     Amqp {
@@ -238,8 +244,12 @@ impl InboxQueueConsumer {
                             reading = false;
                         }
                     },
-                    // The consumer was cancelled (by us or the broker) or the channel closed.
-                    Some(Ok(None)) | None => reading = false,
+                    // The consumer was cancelled or the channel closed, while
+                    // still reading (not asked to stop): the loop cannot go on.
+                    Some(Ok(None)) | None => {
+                        failure.get_or_insert(RabbitInboxError::Cancelled);
+                        reading = false;
+                    }
                     Some(Err(source)) => {
                         failure.get_or_insert(RabbitInboxError::Amqp { context: "consuming", source });
                         reading = false;
