@@ -689,9 +689,15 @@ impl Runner {
             Some(timeout) => config.status_interval.min(timeout / 2),
             None => config.status_interval,
         };
+        // Three status intervals at least: we ask for a reply on every tick
+        // that follows half an interval of quiet, so a live server answers
+        // at least once per interval and two missed answers in a row (a
+        // loaded machine's late tick, a slow reply) are not taken for a
+        // dead one. A limit of two intervals left a margin of one round
+        // trip, and a tick 50 ms late cut a healthy connection.
         let silence_limit = wal_sender_timeout
             .unwrap_or(DEFAULT_SILENCE_LIMIT)
-            .max(status_interval * 2);
+            .max(status_interval * 3);
 
         if !self.connected_once {
             let confirmed = slot.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
@@ -793,7 +799,7 @@ impl Runner {
                 // A server (or a network path) that hangs without closing the
                 // connection: TCP keepalives do not notice a peer whose kernel
                 // still acknowledges. An idle walsender sends nothing, so when
-                // it has been quiet for a status interval we ask it for a reply
+                // it has been quiet for half a status interval we ask it for a reply
                 // (it answers with a keepalive at once); silent past the limit,
                 // it is gone, and we reconnect.
                 _ = ticker.tick() => {
@@ -808,7 +814,7 @@ impl Runner {
                             quiet.as_secs()
                         )));
                     }
-                    if let Err(err) = self.send_status(session, quiet >= session.status_interval).await {
+                    if let Err(err) = self.send_status(session, quiet >= session.status_interval / 2).await {
                         return lost(err);
                     }
                 }
