@@ -2,6 +2,7 @@
 --
 --   LOGIN REPLICATION  needed to open a replication connection and stream from the slot
 --   SELECT on outbox   needed for the publication's checks and `outboxd status`
+--   outboxd_kept       INSERT/SELECT: rows dead-lettered without their value (see below)
 --   nothing else       not a superuser, cannot create databases or roles
 --
 -- The password comes from a psql variable, never from this file:
@@ -29,5 +30,16 @@ alter role outboxd with login replication nosuperuser nocreatedb nocreaterole pa
 grant usage on schema public to outboxd;
 grant select on public.outbox to outboxd;
 
--- Only if outboxd's own [cleanup] runs as this role (it deletes delivered rows in batches):
--- grant delete on public.outbox to outboxd;
+-- outboxd's own bookkeeping tables (sql/04_cleanup.sql, or `outboxd setup`), when they exist:
+--   [cleanup] deletes delivered rows, and reads where the slot started and which rows to keep;
+--   the dead-letter policy records rows it dead-lettered without their value.
+-- Add -v outboxd_cleanup=on to grant what [cleanup] needs. Run this file again after those tables
+-- are created (it is idempotent); `outboxd check` names any grant still missing.
+select format('grant insert, select on public.outboxd_kept to outboxd')
+ where to_regclass('public.outboxd_kept') is not null \gexec
+
+\if :{?outboxd_cleanup}
+grant delete on public.outbox to outboxd;
+select format('grant select on public.outboxd_slot to outboxd')
+ where to_regclass('public.outboxd_slot') is not null \gexec
+\endif

@@ -319,6 +319,88 @@ async fn postgres_checks(config: &Config, client: &Client, findings: &mut Vec<Fi
     if let Some(prefix) = &config.postgres.message_prefix {
         findings.push(emit_message_check(client, prefix).await);
     }
+    findings.extend(bookkeeping_privileges(config, client, &user).await);
+}
+
+/// The table privileges outboxd's own writes need beyond streaming: cleanup
+/// deletes delivered rows and reads `outboxd_slot` and `outboxd_kept`; the
+/// dead-letter policy records rows it dead-lettered without their value in
+/// `outboxd_kept`. Missing, they fail at run time (cleanup logs errors and
+/// deletes nothing; a dead-letter stops the pipeline), so they are reported
+/// here with the grant that fixes them.
+async fn bookkeeping_privileges(config: &Config, client: &Client, user: &str) -> Vec<Finding> {
+    let schema = crate::maintenance::bookkeeping_schema(config);
+    // (shown as, quoted for SQL, privilege, why)
+    let bookkeeping = |table: &str| {
+        (
+            format!("{schema}.{table}"),
+            format!("{}.{}", crate::setup::ident(&schema), crate::setup::ident(table)),
+        )
+    };
+    let mut needed: Vec<((String, String), &str, &str)> = Vec::new();
+    if config.cleanup.interval_ms > 0 {
+        for table in config.tables().unwrap_or_default() {
+            needed.push((
+                (table.to_string(), crate::setup::qualified(&table)),
+                "DELETE",
+                "[cleanup] deletes delivered rows",
+            ));
+        }
+        needed.push((
+            bookkeeping("outboxd_slot"),
+            "SELECT",
+            "[cleanup] reads where the slot started",
+        ));
+        needed.push((
+            bookkeeping("outboxd_kept"),
+            "SELECT",
+            "[cleanup] skips rows kept after a dead-letter",
+        ));
+    }
+    if config.policy().ok() == Some(crate::config::PermanentErrorPolicy::DeadLetter) {
+        needed.push((
+            bookkeeping("outboxd_kept"),
+            "INSERT",
+            "the dead-letter policy records rows dead-lettered without their value",
+        ));
+    }
+    let mut findings = Vec::new();
+    let mut fine = Vec::new();
+    for ((shown, table), privilege, why) in needed {
+        let granted = client
+            .query_one(
+                "select to_regclass($1) is not null,
+                        to_regclass($1) is not null and has_table_privilege(to_regclass($1), $2)",
+                &[&table, &privilege],
+            )
+            .await
+            .map(|row| (row.get::<_, bool>(0), row.get::<_, bool>(1)));
+        match granted {
+            Ok((_, true)) => fine.push(format!("{privilege} on {shown}")),
+            Ok((false, _)) => findings.push(fail(
+                "privileges",
+                format!("{shown} does not exist ({why})"),
+                "run `outboxd setup` (or sql/04_cleanup.sql)",
+            )),
+            Ok((true, false)) => findings.push(fail(
+                "privileges",
+                format!("the role lacks {privilege} on {shown} ({why})"),
+                format!(
+                    "GRANT {privilege} ON {table} TO {} (see sql/03_role.sql)",
+                    crate::setup::ident(user)
+                ),
+            )),
+            Err(err) => findings.push(fail(
+                "privileges",
+                err.to_string(),
+                "check privileges on pg_catalog",
+            )),
+        }
+    }
+    if findings.is_empty() && !fine.is_empty() {
+        findings.push(ok("privileges", fine.join(", ")));
+    }
+    findings
 }
 
 /// Whether this connection is encrypted, as the server sees it, and what

@@ -164,3 +164,41 @@ async fn check_and_status_show_that_the_connection_fell_back_to_plaintext() {
         "{text}"
     );
 }
+
+/// Found in review: `check` said nothing about the grants cleanup and the
+/// dead-letter policy need, so a least-privilege role passed `check` and then
+/// failed at run time. Now each missing grant is a FAIL naming the GRANT, and
+/// sql/03_role.sql grants them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_the_grants_cleanup_and_dead_letter_need() {
+    let mut env = Env::start("");
+    let role = |extra: &str| format!("\\set outboxd_password 'pw'\n{extra}{}", sql_file("03_role.sql"));
+    // `Env::start` ran `outboxd setup`, so the bookkeeping tables exist and the
+    // role file grants what the dead-letter policy needs; take it back.
+    env.pg.psql(&role("")).unwrap();
+    env.pg.psql("revoke insert on outboxd_kept from outboxd").unwrap();
+    env.postgres_url = Some(env.pg.url("outboxd", "postgres"));
+    env.extra_config =
+        "[cleanup]\ninterval_ms = 60000\n\n[sink]\non_permanent_error = \"dead-letter\"\n".into();
+    let (ok, text) = output_of(env.command(&["check"]));
+    assert!(!ok, "{text}");
+    for missing in [
+        "FAIL  privileges: the role lacks DELETE on public.outbox ([cleanup] deletes delivered rows)",
+        "FAIL  privileges: the role lacks SELECT on public.outboxd_slot",
+        "FAIL  privileges: the role lacks INSERT on public.outboxd_kept",
+        "fix: GRANT DELETE ON \"public\".\"outbox\" TO \"outboxd\"",
+    ] {
+        assert!(text.contains(missing), "{missing:?} not in:\n{text}");
+    }
+    assert!(!text.contains("lacks SELECT on public.outboxd_kept"), "{text}");
+
+    // The role file again, with what cleanup needs.
+    env.pg.psql(&role("\\set outboxd_cleanup on\n")).unwrap();
+    let (ok, text) = output_of(env.command(&["check"]));
+    assert!(!text.contains("FAIL  privileges"), "{text}");
+    assert!(
+        text.contains("ok    privileges: DELETE on public.outbox, SELECT on public.outboxd_slot, SELECT on public.outboxd_kept, INSERT on public.outboxd_kept"),
+        "{text}"
+    );
+    assert!(ok, "{text}");
+}
