@@ -82,8 +82,9 @@ enum Command {
         /// Partitions of the demo topic (Kafka).
         #[arg(long, default_value_t = 3)]
         partitions: i32,
-        /// The broker: `kafka` (in-process, the default, or `[sink] kind` /
-        /// OUTBOXD_SINK).
+        /// The broker: `kafka` (in-process, the default), `redis` (the machine's, or
+        /// OUTBOXD_REDIS_URL) or `rabbitmq` (the machine's, or OUTBOXD_RABBITMQ_URL);
+        /// default `[sink] kind` / OUTBOXD_SINK.
         #[arg(long, value_parser = parse_sink)]
         sink: Option<SinkKind>,
     },
@@ -135,7 +136,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if matches!(cli.command, Command::Demo { .. }) {
+    let demo_command = matches!(cli.command, Command::Demo { .. });
+    if demo_command {
         // The demo prints its own story; keep the logs to warnings.
         let mut quiet = config.clone();
         quiet.log.level = "warn".into();
@@ -229,13 +231,20 @@ fn main() -> ExitCode {
                     rate,
                     partitions,
                     sink: sink.unwrap_or(config.sink.kind),
+                    settings: config.clone(),
                 })
                 .await
             }
             Command::Config => {
                 config.validate()?;
                 println!("{config:#?}");
-                println!("kafka properties (effective): {:#?}", config.kafka()?.redacted());
+                match config.sink.kind {
+                    SinkKind::Kafka => {
+                        println!("kafka properties (effective): {:#?}", config.kafka()?.redacted())
+                    }
+                    SinkKind::Redis => println!("redis (effective): {:#?}", config.redis()?),
+                    SinkKind::RabbitMq => println!("rabbitmq (effective): {:#?}", config.rabbitmq()?),
+                }
                 Ok(())
             }
         }
@@ -243,7 +252,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!("{err:#}");
+            // The demo talks to a terminal: one line, not a log line too.
+            if !demo_command {
+                tracing::error!("{err:#}");
+            }
             eprintln!("outboxd: {err:#}");
             ExitCode::FAILURE
         }
