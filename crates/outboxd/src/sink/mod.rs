@@ -88,7 +88,7 @@ impl AnySink {
         match config.sink.kind {
             SinkKind::Kafka => kafka::build(config, deliveries, after).map(AnySink::Kafka),
             SinkKind::Redis => redis::build(config, deliveries).map(AnySink::Redis),
-            SinkKind::RabbitMq => rabbitmq::build(config, deliveries).await.map(AnySink::RabbitMq),
+            SinkKind::RabbitMq => rabbitmq::build(config, deliveries, after).await.map(AnySink::RabbitMq),
         }
     }
 }

@@ -18,7 +18,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
-use outbox_core::{Delivery, NameRule};
+use outbox_core::{AfterPermanentFailure, Delivery, NameRule};
 use sink_rabbitmq::{declare_exchange, inspect_exchange, Bindings, RabbitSink};
 use tokio::sync::mpsc;
 
@@ -34,9 +34,13 @@ pub const NAMES: NameRule = NameRule::Bytes {
 
 /// Connects the sink the configuration describes (failing at once when the
 /// broker is unreachable or refuses the credentials).
-pub async fn build(config: &Config, deliveries: mpsc::UnboundedSender<Delivery>) -> anyhow::Result<RabbitSink> {
+pub async fn build(
+    config: &Config,
+    deliveries: mpsc::UnboundedSender<Delivery>,
+    after: AfterPermanentFailure,
+) -> anyhow::Result<RabbitSink> {
     let rabbit = config.rabbitmq()?;
-    RabbitSink::connect(&rabbit, deliveries)
+    RabbitSink::connect_with_after_permanent(&rabbit, deliveries, after)
         .await
         .with_context(|| {
             format!(
