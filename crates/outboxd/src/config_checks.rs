@@ -183,7 +183,7 @@ pub(crate) fn rows_may_create_topics(config: &Config) -> bool {
         .kafka
         .properties
         .get("allow.auto.create.topics")
-        .map_or(true, |v| v.trim() != "false");
+        .is_none_or(|v| v.trim() != "false");
     topic_from_rows && auto_create
 }
 
