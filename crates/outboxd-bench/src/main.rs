@@ -256,7 +256,10 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
         backlog::drop_slots(&bench.loader, std::slice::from_ref(&slot)).await?;
 
         if let Some(url) = &cli.rabbitmq {
-            eprintln!("steady load into rabbitmq: {} events/s for {} s", cli.rate, cli.duration);
+            eprintln!(
+                "steady load into rabbitmq: {} events/s for {} s",
+                cli.rate, cli.duration
+            );
             backlog::reset(&bench.loader).await?;
             let slot = "steady_rabbitmq".to_owned();
             backlog::create_slots(&bench.loader, std::slice::from_ref(&slot)).await?;
@@ -521,7 +524,9 @@ fn compare_with_ceiling(rows: &mut [Row]) {
         let Some(&(_, ceiling)) = ceilings.iter().min_by_key(|(at, _)| at.abs_diff(i)) else {
             continue;
         };
-        let slower = row.reference_eps.map_or(ceiling, |reference| reference.min(ceiling));
+        let slower = row
+            .reference_eps
+            .map_or(ceiling, |reference| reference.min(ceiling));
         let note = format!(
             "{:.0}% of the ceiling, {:.0}% of the slower of ceiling and reference",
             row.eps() / ceiling * 100.0,

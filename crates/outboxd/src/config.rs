@@ -1104,7 +1104,10 @@ mod tests {
         assert_eq!(rabbit.exchange_template().as_str(), "outbox");
         config
             .apply_env([
-                ("OUTBOXD_RABBITMQ_URL".to_owned(), "amqp://u:p@other:5673/%2f".to_owned()),
+                (
+                    "OUTBOXD_RABBITMQ_URL".to_owned(),
+                    "amqp://u:p@other:5673/%2f".to_owned(),
+                ),
                 ("OUTBOXD_RABBITMQ_EXCHANGE".to_owned(), "events".to_owned()),
                 (
                     "OUTBOXD_RABBITMQ_ROUTING_KEY".to_owned(),
@@ -1128,13 +1131,17 @@ mod tests {
 
     #[test]
     fn rabbitmq_refuses_a_topic_template_and_a_bad_exchange_name() {
-        let topic = Config::from_toml("[sink]\nkind = \"rabbitmq\"\n[routing]\ntopic = \"events\"\n").unwrap();
+        let topic =
+            Config::from_toml("[sink]\nkind = \"rabbitmq\"\n[routing]\ntopic = \"events\"\n").unwrap();
         let err = topic.validate().unwrap_err();
         assert!(format!("{err:#}").contains("rabbitmq.routing_key"), "{err:#}");
         let exchange =
             Config::from_toml("[sink]\nkind = \"rabbitmq\"\n[rabbitmq]\nexchange = \"no spaces\"\n").unwrap();
         let err = exchange.validate().unwrap_err();
-        assert!(format!("{err:#}").contains("not a valid exchange name"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("not a valid exchange name"),
+            "{err:#}"
+        );
         let long = Config::from_toml(&format!(
             "[sink]\nkind = \"rabbitmq\"\n[rabbitmq]\nrouting_key = \"{}\"\n",
             "k".repeat(256)

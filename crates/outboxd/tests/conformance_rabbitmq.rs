@@ -203,7 +203,7 @@ impl Rabbit {
     }
 
     /// Configured through the environment only.
-    pub(crate) fn from_environment(mut self, routing_key: &str) -> Self {
+    pub(crate) fn configured_by_environment(mut self, routing_key: &str) -> Self {
         self.settings = Settings::Environment;
         self.routing_key = routing_key.to_owned();
         self
@@ -265,7 +265,11 @@ fn received(queue: &str, m: &AmqpMessage) -> Received {
     add("amqp.delivery_mode", m.delivery_mode.map(|d| d.to_string()));
     Received {
         lane: queue.to_owned(),
-        key: m.header(sink_rabbitmq::AGGREGATE_ID).unwrap_or_default().as_bytes().to_vec(),
+        key: m
+            .header(sink_rabbitmq::AGGREGATE_ID)
+            .unwrap_or_default()
+            .as_bytes()
+            .to_vec(),
         value: Some(m.body.clone()),
         headers,
     }
@@ -394,7 +398,8 @@ fn suite(rabbit: Rabbit) -> Suite<Rabbit> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rabbitmq_ten_thousand_events_from_eight_connections_reach_a_queue_bound_with_a_wildcard_once_in_order() {
+async fn rabbitmq_ten_thousand_events_from_eight_connections_reach_a_queue_bound_with_a_wildcard_once_in_order(
+) {
     let started = Instant::now();
     let f = conformance::ten_thousand_events(&suite(Rabbit::shared("#", Failing::Unroutable))).await;
     eprintln!("[rabbitmq] ten thousand: {f:?} in {:.1?}", started.elapsed());
@@ -402,7 +407,8 @@ async fn rabbitmq_ten_thousand_events_from_eight_connections_reach_a_queue_bound
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_run_configured_by_environment_delivers_a_prepared_outbox_once_in_order() {
-    let rabbit = Rabbit::shared("#", Failing::Unroutable).from_environment("outbox.${aggregatetype}");
+    let rabbit =
+        Rabbit::shared("#", Failing::Unroutable).configured_by_environment("outbox.${aggregatetype}");
     let suite = suite(rabbit);
     // The outbox is written before outboxd starts.
     let written = conformance::join_all(suite.spawn_writers(4, 500, 40, Duration::ZERO)).await;
@@ -427,7 +433,8 @@ async fn rabbitmq_run_configured_by_environment_delivers_a_prepared_outbox_once_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_kill_9_under_load_then_restart_loses_nothing() {
-    let (figures, window) = conformance::kill_9_under_load(&suite(Rabbit::shared("#", Failing::Unroutable))).await;
+    let (figures, window) =
+        conformance::kill_9_under_load(&suite(Rabbit::shared("#", Failing::Unroutable))).await;
     eprintln!("[rabbitmq] kill -9: {figures:?}, {window} records were past the slot at the kill");
 }
 
@@ -449,7 +456,10 @@ async fn rabbitmq_unroutable_record_with_dead_letter_goes_to_the_dlq_and_later_e
     let dead = suite.broker.read_dead_letters(1);
     assert_eq!(dead[0].header("outboxd.error_reason"), Some("unroutable"));
     assert!(
-        dead[0].header("outboxd.error").unwrap().contains("no queue is bound"),
+        dead[0]
+            .header("outboxd.error")
+            .unwrap()
+            .contains("no queue is bound"),
         "{:?}",
         dead[0].headers
     );
@@ -480,7 +490,10 @@ async fn rabbitmq_unroutable_record_with_stop_exits_non_zero_naming_it_and_holds
     assert!(log.contains("no queue is bound"), "{log}");
     let confirmed = suite.confirmed().await;
     let failed = conformance::failed_commit_lsn(&log);
-    assert!(confirmed > before && confirmed <= failed, "slot past the unroutable record");
+    assert!(
+        confirmed > before && confirmed <= failed,
+        "slot past the unroutable record"
+    );
     let read = suite.read(1);
     assert_eq!(read.len(), 1);
     eprintln!(
@@ -542,14 +555,23 @@ async fn rabbitmq_consistent_hash_exchange_gives_each_aggregate_one_queue_in_ord
     for r in &read {
         *per_queue.entry(r.lane.as_str()).or_default() += 1;
     }
-    eprintln!("[rabbitmq] consistent hash: {f:?}, records per queue {:?}", per_queue.values());
-    assert!(per_queue.len() >= 3, "aggregates spread over the queues: {per_queue:?}");
+    eprintln!(
+        "[rabbitmq] consistent hash: {f:?}, records per queue {:?}",
+        per_queue.values()
+    );
+    assert!(
+        per_queue.len() >= 3,
+        "aggregates spread over the queues: {per_queue:?}"
+    );
     outboxd.terminate();
     // `check` reads the type and the bindings from the management API.
     let output = suite.command(&["check"]).output().unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(
-        text.contains(&format!("rabbitmq exchange: {:?} exists (x-consistent-hash)", suite.broker.exchange)),
+        text.contains(&format!(
+            "rabbitmq exchange: {:?} exists (x-consistent-hash)",
+            suite.broker.exchange
+        )),
         "{text}"
     );
     assert!(text.contains("rabbitmq bindings: 4 binding(s)"), "{text}");
@@ -561,13 +583,17 @@ async fn rabbitmq_check_reports_the_exchange_its_type_and_a_missing_one() {
     let output = suite.command(&["check"]).output().unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(
-        text.contains(&format!("ok    rabbitmq exchange: {:?} exists (topic)", suite.broker.exchange)),
+        text.contains(&format!(
+            "ok    rabbitmq exchange: {:?} exists (topic)",
+            suite.broker.exchange
+        )),
         "{text}"
     );
     // The shared broker has no management API: the bindings are unknown,
     // and check says how to look.
     assert!(
-        text.contains("warn  rabbitmq bindings: not known") || text.contains("rabbitmq bindings: 2 binding(s)"),
+        text.contains("warn  rabbitmq bindings: not known")
+            || text.contains("rabbitmq bindings: 2 binding(s)"),
         "{text}"
     );
     let missing = unique_name("outboxd-conf-missing");
@@ -589,6 +615,9 @@ async fn rabbitmq_check_reports_the_exchange_its_type_and_a_missing_one() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
-    assert!(text.contains("FAIL  rabbitmq: cannot connect to rabbitmq at"), "{text}");
+    assert!(
+        text.contains("FAIL  rabbitmq: cannot connect to rabbitmq at"),
+        "{text}"
+    );
     assert!(!text.contains("secret"), "{text}");
 }

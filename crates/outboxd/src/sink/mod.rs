@@ -88,7 +88,9 @@ impl AnySink {
         match config.sink.kind {
             SinkKind::Kafka => kafka::build(config, deliveries, after).map(AnySink::Kafka),
             SinkKind::Redis => redis::build(config, deliveries).map(AnySink::Redis),
-            SinkKind::RabbitMq => rabbitmq::build(config, deliveries, after).await.map(AnySink::RabbitMq),
+            SinkKind::RabbitMq => rabbitmq::build(config, deliveries, after)
+                .await
+                .map(AnySink::RabbitMq),
         }
     }
 }
@@ -127,6 +129,15 @@ impl Sink for AnySink {
             AnySink::RabbitMq(sink) => sink.flush().await,
         }
     }
+}
+
+/// A name for what the demo creates on a shared broker that no other run
+/// uses: `prefix`, the process id and the time.
+fn demo_name(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{prefix}-{}-{nanos:x}", std::process::id())
 }
 
 /// One record as `outboxd demo` prints it.

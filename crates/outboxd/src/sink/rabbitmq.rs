@@ -80,7 +80,11 @@ pub async fn check(config: &Config) -> Vec<Finding> {
     let rabbit = match config.rabbitmq() {
         Ok(rabbit) => rabbit,
         Err(err) => {
-            findings.push(fail("rabbitmq configuration", format!("{err:#}"), "fix [rabbitmq]"));
+            findings.push(fail(
+                "rabbitmq configuration",
+                format!("{err:#}"),
+                "fix [rabbitmq]",
+            ));
             return findings;
         }
     };
@@ -130,7 +134,10 @@ pub async fn check(config: &Config) -> Vec<Finding> {
                 kind.name()
             ),
         )),
-        _ => findings.push(ok("rabbitmq exchange", format!("{exchange:?} exists ({kind_text})"))),
+        _ => findings.push(ok(
+            "rabbitmq exchange",
+            format!("{exchange:?} exists ({kind_text})"),
+        )),
     }
     match report.bindings {
         Bindings::Count(0) => findings.push(fail(
@@ -138,7 +145,10 @@ pub async fn check(config: &Config) -> Vec<Finding> {
             format!("nothing is bound to {exchange:?}: every record would come back unroutable"),
             "bind the consumers' queues to the exchange (e.g. with routing key `#` for everything)",
         )),
-        Bindings::Count(n) => findings.push(ok("rabbitmq bindings", format!("{n} binding(s) from {exchange:?}"))),
+        Bindings::Count(n) => findings.push(ok(
+            "rabbitmq bindings",
+            format!("{n} binding(s) from {exchange:?}"),
+        )),
         Bindings::Unknown { why, how_to_check } => findings.push(warn(
             "rabbitmq bindings",
             format!("not known ({why}); a record no queue takes stops outboxd (or is dead-lettered)"),
@@ -166,18 +176,12 @@ impl Demo {
         let rabbit = config.rabbitmq()?;
         let url = config.rabbitmq.url.clone();
         let redacted = rabbit.redacted_url();
-        let suffix = format!(
-            "{}-{:x}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos())
-        );
+        let name = super::demo_name("outboxd-demo");
         let demo = Demo {
             url,
             redacted,
-            exchange: format!("outboxd-demo-{suffix}"),
-            queue: format!("outboxd-demo-{suffix}"),
+            exchange: name.clone(),
+            queue: name,
         };
         let connection = demo.connect().await?;
         let result = demo.declare(&connection).await;

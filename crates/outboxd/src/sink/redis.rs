@@ -110,13 +110,7 @@ impl Demo {
         let demo = Demo {
             url: config.redis.url.clone(),
             redacted: redis.redacted_url(),
-            prefix: format!(
-                "outboxd-demo-{}-{:x}",
-                std::process::id(),
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.subsec_nanos())
-            ),
+            prefix: super::demo_name("outboxd-demo"),
         };
         let server = tokio::time::timeout(
             std::time::Duration::from_secs(10),
@@ -206,7 +200,10 @@ impl Demo {
             let mut connection = redis::Client::open(url.as_str())?.get_connection()?;
             let mut keys: Vec<String> = connection.scan_match(format!("{prefix}*"))?.collect();
             let dedupe: Vec<String> = connection
-                .scan_match(format!("{}*", sink_redis::append::dedupe_key(&prefix).trim_end_matches('}')))?
+                .scan_match(format!(
+                    "{}*",
+                    sink_redis::append::dedupe_key(&prefix).trim_end_matches('}')
+                ))?
                 .collect();
             keys.extend(dedupe);
             if !keys.is_empty() {
