@@ -73,6 +73,12 @@ pub(crate) struct ConsumeArgs {
     pub(crate) slot: String,
     #[arg(long)]
     pub(crate) brokers: Option<String>,
+    /// Deliver to RabbitMQ at this URL instead of Kafka (with `--exchange`).
+    #[arg(long)]
+    pub(crate) rabbitmq: Option<String>,
+    /// The RabbitMQ exchange (with `--rabbitmq`).
+    #[arg(long)]
+    pub(crate) exchange: Option<String>,
     /// Rows to decode (decode), to deliver (pipeline), or transactions to
     /// acknowledge (steady).
     #[arg(long)]
@@ -101,8 +107,9 @@ pub(crate) struct Report {
     pub(crate) walsender_cpu_seconds: Option<f64>,
 }
 
-/// The settings the benchmark runs outboxd with: the defaults (librdkafka's
-/// queue bounded at 32 MiB / 10k records, `linger.ms=5`), no admin server,
+/// The settings the benchmark runs outboxd with: the defaults (the Kafka
+/// producer's queue bounded at 32 MiB / 10k records, `linger.ms=5`; the
+/// RabbitMQ sink's window of 1024 records), no admin server,
 /// and status updates every 10 ms instead of every second so that "the slot
 /// is acknowledged" is observed within 10 ms of outboxd deciding it (with the
 /// default the drain figures would include up to a second of waiting).
@@ -112,6 +119,13 @@ fn service_config(args: &ConsumeArgs, state: &std::path::Path) -> Config {
     config.postgres.slot = args.slot.clone();
     config.postgres.status_interval_ms = 10;
     config.kafka.brokers = args.brokers.clone();
+    if let Some(url) = &args.rabbitmq {
+        config.sink.kind = outboxd::sink::SinkKind::RabbitMq;
+        config.rabbitmq.url = url.clone();
+        if let Some(exchange) = &args.exchange {
+            config.rabbitmq.exchange = exchange.clone();
+        }
+    }
     config.checkpoint.path = state.join("checkpoint");
     config.admin.listen = String::new();
     config
@@ -275,6 +289,12 @@ impl Running {
             ]);
         if let Some(brokers) = &args.brokers {
             command.args(["--brokers", brokers]);
+        }
+        if let Some(url) = &args.rabbitmq {
+            command.args(["--rabbitmq", url]);
+        }
+        if let Some(exchange) = &args.exchange {
+            command.args(["--exchange", exchange]);
         }
         command.args(["--runtime", args.runtime.name()]);
         if let Some(end) = args.end_lsn {

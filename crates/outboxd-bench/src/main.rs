@@ -18,9 +18,14 @@
 //!    full pipeline runs: commit→ack latency (see `steady.rs` for clocks);
 //! 5. **huge transaction**: one transaction of N/10 and of N rows through the
 //!    full pipeline, with outboxd's peak RSS;
-//! 6. with `--rabbitmq URL`, **the RabbitMQ ceiling**: a bare lapin publisher
+//! 6. with `--rabbitmq URL`, **RabbitMQ**: the full pipeline into a
+//!    uniquely named exchange with a queue bound with `#` on that broker,
+//!    and in the same round **the RabbitMQ ceiling**: a bare lapin publisher
 //!    in confirm mode publishing as many messages of the backlog's size, with
-//!    the sink's window, on the same broker (see `rabbitmq.rs`).
+//!    the sink's window, on the same broker (see `rabbitmq.rs`); the
+//!    pipeline's row notes its ratio to the ceiling and to the slower of
+//!    the ceiling and `pg_recvlogical`. The steady load runs into RabbitMQ
+//!    too.
 //!
 //! Every outboxd consumer runs in a child process (`outboxd-bench consume`,
 //! hidden) so its CPU seconds and peak RSS are its own; the mock Kafka
@@ -126,6 +131,8 @@ enum Scenario {
     Huge,
     /// The bare lapin publisher (with `--rabbitmq`).
     Ceiling,
+    /// The full pipeline into RabbitMQ (with `--rabbitmq`).
+    RabbitPipeline,
 }
 
 fn main() -> ExitCode {
@@ -207,6 +214,13 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
             if let (Some(url), true) = (&cli.rabbitmq, runs(Scenario::Ceiling)) {
                 round_plan.push(Consumer::RabbitCeiling(url.clone()));
             }
+            if let (Some(url), true) = (&cli.rabbitmq, runs(Scenario::RabbitPipeline)) {
+                round_plan.extend(
+                    cli.runtime
+                        .iter()
+                        .map(|&rt| Consumer::RabbitPipeline(rt, url.clone())),
+                );
+            }
             if round % 2 == 1 {
                 round_plan.reverse();
             }
@@ -226,7 +240,7 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
             &bench.cluster,
             Arc::clone(&bench.catalog),
             &slot,
-            kafka.bootstrap_servers(),
+            steady::Target::Kafka(kafka.bootstrap_servers()),
             cli.rate,
             Duration::from_secs(cli.duration),
             cli.connections,
@@ -240,6 +254,39 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
         row.note = format!("offered {}/s, achieved {achieved:.0}/s", cli.rate);
         rows.push(row);
         backlog::drop_slots(&bench.loader, std::slice::from_ref(&slot)).await?;
+
+        if let Some(url) = &cli.rabbitmq {
+            eprintln!(
+                "steady load into rabbitmq: {} events/s for {} s",
+                cli.rate, cli.duration
+            );
+            backlog::reset(&bench.loader).await?;
+            let slot = "steady_rabbitmq".to_owned();
+            backlog::create_slots(&bench.loader, std::slice::from_ref(&slot)).await?;
+            let destination = rabbitmq::Destination::create(url, "steady", 100_000).await?;
+            let result = steady::steady(
+                &bench.cluster,
+                Arc::clone(&bench.catalog),
+                &slot,
+                steady::Target::RabbitMq {
+                    url: url.clone(),
+                    exchange: destination.exchange.clone(),
+                },
+                cli.rate,
+                Duration::from_secs(cli.duration),
+                cli.connections,
+            )
+            .await;
+            destination.remove().await?;
+            let (report, achieved) = result?;
+            let mut row = Row::new(
+                format!("steady load {}/s, tx of 1: outboxd, rabbitmq", cli.rate),
+                report,
+            );
+            row.note = format!("offered {}/s, achieved {achieved:.0}/s", cli.rate);
+            rows.push(row);
+            backlog::drop_slots(&bench.loader, std::slice::from_ref(&slot)).await?;
+        }
     }
 
     if runs(Scenario::Huge) {
@@ -293,6 +340,8 @@ enum Consumer {
     Pipeline(Runtime, Option<String>),
     /// A bare lapin publisher into this RabbitMQ (no Postgres involved).
     RabbitCeiling(String),
+    /// The full pipeline into this RabbitMQ.
+    RabbitPipeline(Runtime, String),
 }
 
 impl Consumer {
@@ -303,6 +352,7 @@ impl Consumer {
             Consumer::Pipeline(_, None) => "pipeline",
             Consumer::Pipeline(_, Some(_)) => "broker",
             Consumer::RabbitCeiling(_) => "ceiling",
+            Consumer::RabbitPipeline(..) => "rabbitmq",
         }
     }
 
@@ -322,6 +372,7 @@ impl Consumer {
                 format!("outboxd full pipeline, kafka {brokers}{}", runtime(rt))
             }
             Consumer::RabbitCeiling(_) => "bare lapin publisher, confirms (rabbitmq ceiling)".to_owned(),
+            Consumer::RabbitPipeline(rt, _) => format!("outboxd full pipeline, rabbitmq{}", runtime(rt)),
         }
     }
 }
@@ -354,7 +405,9 @@ impl Bench {
         let runtimes = plan.iter().any(|c| {
             matches!(
                 c,
-                Consumer::Decode(Runtime::CurrentThread) | Consumer::Pipeline(Runtime::CurrentThread, _)
+                Consumer::Decode(Runtime::CurrentThread)
+                    | Consumer::Pipeline(Runtime::CurrentThread, _)
+                    | Consumer::RabbitPipeline(Runtime::CurrentThread, _)
             )
         });
         backlog::reset(&self.loader).await?;
@@ -402,6 +455,15 @@ impl Bench {
                     note = format!("{}-byte bodies, window {window}", body.len());
                     report?
                 }
+                Consumer::RabbitPipeline(runtime, url) => {
+                    let destination = rabbitmq::Destination::create(url, "pipeline", 100_000).await?;
+                    let mut args = self.drain_args(Mode::Pipeline, *runtime, slot, None, backlog);
+                    args.rabbitmq = Some(url.clone());
+                    args.exchange = Some(destination.exchange.clone());
+                    let report = consumer::run(&args, Arc::clone(&self.catalog)).await;
+                    destination.remove().await?;
+                    report?
+                }
             };
             let mut row = Row::new(scenario, report);
             row.note = note;
@@ -412,7 +474,10 @@ impl Bench {
             out.push(row);
         }
         backlog::drop_slots(&self.loader, &slots).await?;
-        out.extend(medians(&out));
+        compare_with_ceiling(&mut out);
+        let mut medians = medians(&out);
+        compare_with_ceiling(&mut medians);
+        out.extend(medians);
         Ok(out)
     }
 
@@ -430,11 +495,44 @@ impl Bench {
             postgres_url: self.cluster.url("postgres", "postgres"),
             slot: slot.to_owned(),
             brokers,
+            rabbitmq: None,
+            exchange: None,
             rows: backlog.rows,
             end_lsn: Some(backlog.end),
             runtime,
             timeout: 3600,
         }
+    }
+}
+
+/// Notes on each RabbitMQ pipeline row its ratio to the bare publisher's
+/// ceiling row nearest to it (the same round; for a median, the ceiling's
+/// median), and to the
+/// slower of that ceiling and the reference: the target is 90 % of the
+/// slower of the two.
+fn compare_with_ceiling(rows: &mut [Row]) {
+    let ceilings: Vec<(usize, f64)> = rows
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.scenario.contains("bare lapin publisher"))
+        .map(|(i, r)| (i, r.eps()))
+        .collect();
+    for (i, row) in rows.iter_mut().enumerate() {
+        if !row.scenario.contains("outboxd full pipeline, rabbitmq") {
+            continue;
+        }
+        let Some(&(_, ceiling)) = ceilings.iter().min_by_key(|(at, _)| at.abs_diff(i)) else {
+            continue;
+        };
+        let slower = row
+            .reference_eps
+            .map_or(ceiling, |reference| reference.min(ceiling));
+        let note = format!(
+            "{:.0}% of the ceiling, {:.0}% of the slower of ceiling and reference",
+            row.eps() / ceiling * 100.0,
+            row.eps() / slower * 100.0
+        );
+        row.note = note;
     }
 }
 

@@ -292,7 +292,7 @@ impl Worker {
                         if err.reconnect {
                             self.connection = None;
                         }
-                        if attempts == 1 || attempts % 10 == 0 {
+                        if attempts == 1 || attempts.is_multiple_of(10) {
                             warn!(error = %err.message, records = batch.len(), attempts,
                                   "redis append failed, retrying the batch");
                         }
