@@ -26,11 +26,11 @@
 //!   `Queue.add(name, data, { jobId, outboxd: { … } })` puts them: BullMQ
 //!   keeps options it does not know, and a worker reads them as
 //!   `job.opts.outboxd['outboxd.lsn']`.
-//! * BullMQ refuses custom job ids that are integers or contain `:`
-//!   (`Queue.add` throws); such an event is refused for good
-//!   ([`job_id`]).
+//! * BullMQ refuses custom job ids that are integers or contain `:`, and
+//!   queue names with `:` (`Queue.add` throws); such a record is refused
+//!   for good ([`job_id`]).
 
-use outbox_core::Record;
+use outbox_core::{DeliveryError, PermanentReason, Record};
 
 /// BullMQ's script, verbatim.
 pub(crate) const SCRIPT: &str = include_str!("bullmq/addStandardJob-9.lua");
@@ -59,20 +59,32 @@ pub fn keys(prefix: &str, queue: &str) -> [String; 9] {
 pub const OPTS_KEY: &str = "outboxd";
 
 /// The job id of `record`: its event id (with the replay marker for a
-/// replayed record), or why BullMQ would refuse it.
-pub fn job_id(record: &Record) -> Result<String, String> {
-    let id = crate::append::dedupe_id(record);
-    if id.parse::<i64>().map_or(false, |n| n.to_string() == id) {
-        return Err(format!(
-            "event id {id:?} is an integer, which BullMQ refuses as a job id (it would collide with \
-             its own numbered jobs): use non-numeric event ids (e.g. UUIDs) in BullMQ mode"
+/// replayed record); or, for what `Queue.add` would throw on, the error
+/// that refuses the record for good.
+pub fn job_id(record: &Record) -> Result<String, DeliveryError> {
+    if record.topic.contains(':') {
+        return Err(DeliveryError::permanent(
+            PermanentReason::InvalidDestination,
+            format!(
+                "queue name {:?} contains ':', which BullMQ refuses: route to names without ':' \
+                 ([routing] topic)",
+                record.topic
+            ),
         ));
     }
+    let id = crate::append::dedupe_id(record);
+    let refuse = |why: &str| Err(DeliveryError::permanent(PermanentReason::Malformed, why.replace("{id}", &id)));
+    if id.parse::<i64>().map_or(false, |n| n.to_string() == id) {
+        return refuse(
+            "event id \"{id}\" is an integer, which BullMQ refuses as a job id (it would collide with its \
+             own numbered jobs): use non-numeric event ids (e.g. UUIDs) in BullMQ mode",
+        );
+    }
     if id.contains(':') {
-        return Err(format!(
-            "event id {id:?} contains ':', which BullMQ refuses in a job id: use event ids without ':' \
-             in BullMQ mode"
-        ));
+        return refuse(
+            "event id \"{id}\" contains ':', which BullMQ refuses in a job id: use event ids without ':' \
+             in BullMQ mode",
+        );
     }
     Ok(id)
 }
@@ -201,9 +213,14 @@ mod tests {
     fn job_ids_bullmq_refuses_are_refused_and_replays_get_their_own() {
         let mut r = record();
         r.id = "42".into();
-        assert!(job_id(&r).unwrap_err().contains("integer"));
+        let refused = |r: &Record| job_id(r).unwrap_err().to_string();
+        assert!(refused(&r).contains("is an integer"), "{}", refused(&r));
         r.id = "a:b".into();
-        assert!(job_id(&r).unwrap_err().contains("':'"));
+        assert!(refused(&r).contains("contains ':'"), "{}", refused(&r));
+        r.id = "id-1".into();
+        r.topic = "bull:q".into();
+        assert!(refused(&r).contains("queue name"), "{}", refused(&r));
+        r.topic = "q".into();
         r.id = "042".into();
         assert_eq!(job_id(&r).unwrap(), "042", "BullMQ takes what does not read back as the integer");
         r.id = "id-1".into();

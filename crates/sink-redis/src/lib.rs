@@ -166,8 +166,7 @@ impl Sink for RedisSink {
             return Err(fatal);
         }
         if self.bullmq {
-            if let Err(message) = bullmq::job_id(&record) {
-                let error = DeliveryError::permanent(PermanentReason::Malformed, message);
+            if let Err(error) = bullmq::job_id(&record) {
                 let _ = self.deliveries.send(Delivery::failed(tx, record, error));
                 return Ok(());
             }
