@@ -163,8 +163,11 @@ pub(crate) const ROWS_CREATE_TOPICS_FIX: &str = "create the topics beforehand an
      kafka.properties.\"allow.auto.create.topics\" = \"false\" (or auto.create.topics.enable=false on the broker)";
 
 /// Topics come from row data (a template or a column) and librdkafka's
-/// producer may ask the broker to create them (its default).
+/// producer may ask the broker to create them (its default). Kafka only.
 pub(crate) fn rows_may_create_topics(config: &Config) -> bool {
+    if config.sink.kind != SinkKind::Kafka {
+        return false;
+    }
     let topic_from_rows = config.routing.topic_column.is_some() || config.routing.topic.contains("${");
     let auto_create = config
         .kafka

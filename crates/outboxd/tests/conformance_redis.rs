@@ -118,6 +118,8 @@ pub(crate) struct Redis {
     /// Every key of the test starts with it (and it is BullMQ's prefix).
     prefix: String,
     mode: Mode,
+    /// More lines of `[redis]`.
+    settings: String,
     private: Option<std::sync::Mutex<PrivateServer>>,
 }
 
@@ -128,6 +130,7 @@ impl Redis {
             url: std::env::var("OUTBOXD_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
             prefix: format!("outboxd-test-{}-{}", std::process::id(), unique()),
             mode,
+            settings: String::new(),
             private: None,
         }
     }
@@ -139,8 +142,16 @@ impl Redis {
             url: server.url(),
             prefix: format!("outboxd-test-{}", unique()),
             mode,
+            settings: String::new(),
             private: Some(std::sync::Mutex::new(server)),
         }
+    }
+
+    /// The same with one more `[redis]` line.
+    pub(crate) fn setting(mut self, line: &str) -> Self {
+        self.settings.push_str(line);
+        self.settings.push('\n');
+        self
     }
 
     pub(crate) fn stream(&self) -> String {
@@ -336,10 +347,11 @@ impl Broker for Redis {
         format!(
             "[routing]\ntopic = \"{}.outbox.event.${{aggregatetype}}\"\n\n\
              [sink]\nkind = \"redis\"\ndead_letter = \"{}\"\ndrain_timeout_ms = 20000\n\n\
-             [redis]\nurl = \"{}\"\nmax_record_bytes = {RECORD_LIMIT}\n{mode}",
+             [redis]\nurl = \"{}\"\nmax_record_bytes = {RECORD_LIMIT}\n{mode}{}",
             self.prefix,
             self.dead_letters(),
-            self.url
+            self.url,
+            self.settings
         )
     }
 
@@ -504,4 +516,73 @@ async fn bullmq_sigterm_under_load_acks_exactly_what_was_delivered_and_a_restart
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bullmq_replay_adds_exactly_the_later_events_as_new_jobs_marked() {
     replay(Mode::BullMq).await;
+}
+
+/// `outboxd check` against `redis`: its output.
+fn check(redis: Redis) -> String {
+    let suite = Suite::start(env!("CARGO_BIN_EXE_outboxd"), redis);
+    let output = suite.command(&["check"]).output().expect("run check");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Whether the machine's Redis has `XADD … IDMP` (Redis ≥ 8.6), by its version.
+fn server_has_idmp() -> bool {
+    let redis = Redis::shared(Mode::Streams);
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query(&mut redis.connection())
+        .expect("INFO server");
+    let version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .expect("redis_version");
+    let mut parts = version.trim().split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (8, 6)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_the_lua_dedupe_script_and_warns_of_untrimmed_streams() {
+    let text = tokio::task::block_in_place(|| check(Redis::shared(Mode::Streams)));
+    eprintln!("{text}");
+    assert!(
+        text.contains("ok    redis idempotency: atomic Lua script with a per-stream dedupe set"),
+        "{text}"
+    );
+    let idmp = if server_has_idmp() {
+        "the server also has XADD IDMP"
+    } else {
+        "the server has no XADD IDMP, Redis < 8.6"
+    };
+    assert!(text.contains(idmp), "{text}");
+    assert!(
+        text.contains("warn  redis trimming: streams are never trimmed")
+            && text.contains("fix: set redis.maxlen (XADD MAXLEN ~)"),
+        "{text}"
+    );
+
+    let text = tokio::task::block_in_place(|| check(Redis::shared(Mode::Streams).setting("maxlen = 1000")));
+    assert!(text.contains("ok    redis trimming: MAXLEN ~ 1000 per stream"), "{text}");
+    assert!(!text.contains("warn  redis trimming"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_in_bullmq_mode_names_the_job_id_and_warns_that_maxlen_does_nothing() {
+    let text = tokio::task::block_in_place(|| check(Redis::shared(Mode::BullMq)));
+    eprintln!("{text}");
+    assert!(
+        text.contains("ok    redis idempotency: bullmq mode: job id = event id"),
+        "{text}"
+    );
+    assert!(!text.contains("Lua script"), "{text}");
+    assert!(!text.contains("warn  redis trimming"), "{text}");
+
+    let text = tokio::task::block_in_place(|| check(Redis::shared(Mode::BullMq).setting("maxlen = 1000")));
+    assert!(
+        text.contains("warn  redis trimming: redis.maxlen = 1000 has no effect in bullmq mode"),
+        "{text}"
+    );
 }
