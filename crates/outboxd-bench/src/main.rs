@@ -20,7 +20,11 @@
 //!    full pipeline, with outboxd's peak RSS;
 //! 6. with `--rabbitmq URL`, **the RabbitMQ ceiling**: a bare lapin publisher
 //!    in confirm mode publishing as many messages of the backlog's size, with
-//!    the sink's window, on the same broker (see `rabbitmq.rs`).
+//!    the sink's window, on the same broker (see `rabbitmq.rs`);
+//! 7. with `--redis URL`, **the full pipeline into Redis**, Streams mode and
+//!    BullMQ mode, and **the Redis ceiling**: a bare `XADD` pipeline of the
+//!    backlog's entries with the sink's window on the same server (see
+//!    `redis.rs`).
 //!
 //! Every outboxd consumer runs in a child process (`outboxd-bench consume`,
 //! hidden) so its CPU seconds and peak RSS are its own; the mock Kafka
@@ -34,6 +38,7 @@
 mod backlog;
 mod consumer;
 mod rabbitmq;
+mod redis;
 mod reference;
 mod report;
 mod steady;
@@ -101,6 +106,11 @@ struct Cli {
     /// published by a bare lapin publisher in confirm mode (the ceiling).
     #[arg(long)]
     rabbitmq: Option<String>,
+    /// Also run the Redis scenarios against this server (`redis://127.0.0.1:6379`):
+    /// the full pipeline in Streams and in BullMQ mode, and a bare XADD
+    /// pipeline (the ceiling), each under its own key prefix, removed after.
+    #[arg(long)]
+    redis: Option<String>,
     /// Also write the results as JSON to this file (`-` for stdout, after the table).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -124,7 +134,7 @@ enum Scenario {
     Pipeline,
     Steady,
     Huge,
-    /// The bare lapin publisher (with `--rabbitmq`).
+    /// The bare lapin publisher (with `--rabbitmq`), the bare XADD pipeline (with `--redis`).
     Ceiling,
 }
 
@@ -206,6 +216,16 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
             }
             if let (Some(url), true) = (&cli.rabbitmq, runs(Scenario::Ceiling)) {
                 round_plan.push(Consumer::RabbitCeiling(url.clone()));
+            }
+            if let Some(url) = &cli.redis {
+                if runs(Scenario::Pipeline) {
+                    for mode in [redis::Mode::Streams, redis::Mode::BullMq] {
+                        round_plan.push(Consumer::RedisPipeline(url.clone(), mode));
+                    }
+                }
+                if runs(Scenario::Ceiling) {
+                    round_plan.push(Consumer::RedisCeiling(url.clone()));
+                }
             }
             if round % 2 == 1 {
                 round_plan.reverse();
@@ -293,6 +313,10 @@ enum Consumer {
     Pipeline(Runtime, Option<String>),
     /// A bare lapin publisher into this RabbitMQ (no Postgres involved).
     RabbitCeiling(String),
+    /// `outboxd::run` into this Redis (multi-thread runtime).
+    RedisPipeline(String, redis::Mode),
+    /// A bare XADD pipeline into this Redis (no Postgres involved).
+    RedisCeiling(String),
 }
 
 impl Consumer {
@@ -302,7 +326,8 @@ impl Consumer {
             Consumer::Decode(_) => "decode",
             Consumer::Pipeline(_, None) => "pipeline",
             Consumer::Pipeline(_, Some(_)) => "broker",
-            Consumer::RabbitCeiling(_) => "ceiling",
+            Consumer::RabbitCeiling(_) | Consumer::RedisCeiling(_) => "ceiling",
+            Consumer::RedisPipeline(..) => "redis",
         }
     }
 
@@ -322,6 +347,8 @@ impl Consumer {
                 format!("outboxd full pipeline, kafka {brokers}{}", runtime(rt))
             }
             Consumer::RabbitCeiling(_) => "bare lapin publisher, confirms (rabbitmq ceiling)".to_owned(),
+            Consumer::RedisPipeline(_, mode) => format!("outboxd full pipeline, redis {}", mode.name()),
+            Consumer::RedisCeiling(_) => "bare XADD pipeline (redis ceiling)".to_owned(),
         }
     }
 }
@@ -402,6 +429,36 @@ impl Bench {
                     note = format!("{}-byte bodies, window {window}", body.len());
                     report?
                 }
+                Consumer::RedisPipeline(url, mode) => {
+                    let destination = redis::Destination::new(url, mode.name())?;
+                    let mut args = self.drain_args(Mode::Pipeline, Runtime::MultiThread, slot, None, backlog);
+                    args.redis = consumer::RedisArgs {
+                        redis_url: Some(url.clone()),
+                        redis_mode: mode.name().to_owned(),
+                        redis_prefix: destination.prefix.clone(),
+                    };
+                    let report = consumer::run(&args, Arc::clone(&self.catalog)).await;
+                    let written = destination.written(*mode).await;
+                    destination.remove().await?;
+                    let (report, written) = (report?, written?);
+                    anyhow::ensure!(
+                        written == backlog.rows,
+                        "redis {}: {written} records in redis after the drain, expected {}",
+                        mode.name(),
+                        backlog.rows
+                    );
+                    note = format!("{written} in redis");
+                    report
+                }
+                Consumer::RedisCeiling(url) => {
+                    let body = sample_payload(&self.loader).await?;
+                    let window = sink_redis::defaults::MAX_IN_FLIGHT;
+                    let destination = redis::Destination::new(url, "ceiling")?;
+                    let report = redis::ceiling(&destination, backlog.rows, &body, window).await;
+                    destination.remove().await?;
+                    note = format!("{}-byte payloads, window {window}", body.len());
+                    report?
+                }
             };
             let mut row = Row::new(scenario, report);
             row.note = note;
@@ -412,6 +469,7 @@ impl Bench {
             out.push(row);
         }
         backlog::drop_slots(&self.loader, &slots).await?;
+        compare_with_ceiling(&mut out);
         out.extend(medians(&out));
         Ok(out)
     }
@@ -434,7 +492,30 @@ impl Bench {
             end_lsn: Some(backlog.end),
             runtime,
             timeout: 3600,
+            redis: consumer::RedisArgs::default(),
         }
+    }
+}
+
+/// Notes on each Redis pipeline run its share of the median bare XADD
+/// ceiling of the same backlog.
+fn compare_with_ceiling(rows: &mut [Row]) {
+    let ceiling = Consumer::RedisCeiling(String::new()).label(false);
+    let mut ceilings: Vec<f64> = rows
+        .iter()
+        .filter(|r| r.scenario.starts_with(&ceiling))
+        .map(Row::eps)
+        .collect();
+    if ceilings.is_empty() {
+        return;
+    }
+    ceilings.sort_by(f64::total_cmp);
+    let median = ceilings[ceilings.len() / 2];
+    for row in rows
+        .iter_mut()
+        .filter(|r| r.scenario.starts_with("outboxd full pipeline, redis"))
+    {
+        row.note = format!("{}; {:.0}% of the XADD ceiling", row.note, row.eps() / median * 100.0);
     }
 }
 
