@@ -515,7 +515,11 @@ fn compare_with_ceiling(rows: &mut [Row]) {
         .iter_mut()
         .filter(|r| r.scenario.starts_with("outboxd full pipeline, redis"))
     {
-        row.note = format!("{}; {:.0}% of the XADD ceiling", row.note, row.eps() / median * 100.0);
+        row.note = format!(
+            "{}; {:.0}% of the XADD ceiling",
+            row.note,
+            row.eps() / median * 100.0
+        );
     }
 }
 

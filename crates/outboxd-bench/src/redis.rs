@@ -71,7 +71,12 @@ impl Destination {
     pub(crate) async fn written(&self, mode: Mode) -> anyhow::Result<u64> {
         let mut connection = self.connect().await?;
         let n: u64 = match mode {
-            Mode::Streams => redis::cmd("XLEN").arg(self.stream()).query_async(&mut connection).await?,
+            Mode::Streams => {
+                redis::cmd("XLEN")
+                    .arg(self.stream())
+                    .query_async(&mut connection)
+                    .await?
+            }
             Mode::BullMq => {
                 redis::cmd("LLEN")
                     .arg(format!("{}:{}:wait", self.prefix, self.stream()))
@@ -87,7 +92,10 @@ impl Destination {
         let mut connection = self.connect().await?;
         for pattern in [
             format!("{}*", self.prefix),
-            format!("{}*", sink_redis::append::dedupe_key(&self.prefix).trim_end_matches('}')),
+            format!(
+                "{}*",
+                sink_redis::append::dedupe_key(&self.prefix).trim_end_matches('}')
+            ),
         ] {
             let mut cursor = 0u64;
             loop {

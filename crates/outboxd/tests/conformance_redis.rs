@@ -257,14 +257,21 @@ impl Redis {
                 let opts: serde_json::Value = serde_json::from_slice(field("opts")).expect("opts is JSON");
                 assert_eq!(opts["jobId"].as_str(), Some(id.as_str()), "opts.jobId");
                 assert!(
-                    std::str::from_utf8(field("timestamp")).unwrap().parse::<u64>().is_ok(),
+                    std::str::from_utf8(field("timestamp"))
+                        .unwrap()
+                        .parse::<u64>()
+                        .is_ok(),
                     "job {id}: timestamp"
                 );
                 let outboxd = opts["outboxd"].as_object().expect("opts.outboxd");
                 let mut key = Vec::new();
                 let mut headers = Vec::new();
                 for (name, value) in outboxd {
-                    let value = value.as_str().expect("opts.outboxd values are strings").as_bytes().to_vec();
+                    let value = value
+                        .as_str()
+                        .expect("opts.outboxd values are strings")
+                        .as_bytes()
+                        .to_vec();
                     match name.as_str() {
                         "aggregateid" => key = value,
                         _ => headers.push((name.clone(), value)),
@@ -413,7 +420,10 @@ async fn kill_9_under_load(mode: Mode) {
         "[{}] kill -9: {figures:?}, {window} records were past the slot at the kill{ignored}",
         suite.broker.describe()
     );
-    assert_eq!(figures.duplicates, 0, "re-sent records are recognised, not written twice");
+    assert_eq!(
+        figures.duplicates, 0,
+        "re-sent records are recognised, not written twice"
+    );
 }
 
 async fn outage(mode: Mode) {
@@ -423,7 +433,10 @@ async fn outage(mode: Mode) {
         "[{}] outage: {figures:?}, {unacked} events unacknowledged when it began",
         suite.broker.describe()
     );
-    assert_eq!(figures.duplicates, 0, "re-sent records are recognised, not written twice");
+    assert_eq!(
+        figures.duplicates, 0,
+        "re-sent records are recognised, not written twice"
+    );
 }
 
 async fn dead_letters(mode: Mode) {
@@ -565,7 +578,10 @@ async fn check_names_the_lua_dedupe_script_and_warns_of_untrimmed_streams() {
     );
 
     let text = tokio::task::block_in_place(|| check(Redis::shared(Mode::Streams).setting("maxlen = 1000")));
-    assert!(text.contains("ok    redis trimming: MAXLEN ~ 1000 per stream"), "{text}");
+    assert!(
+        text.contains("ok    redis trimming: MAXLEN ~ 1000 per stream"),
+        "{text}"
+    );
     assert!(!text.contains("warn  redis trimming"), "{text}");
 }
 

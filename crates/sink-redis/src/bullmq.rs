@@ -73,7 +73,12 @@ pub fn job_id(record: &Record) -> Result<String, DeliveryError> {
         ));
     }
     let id = crate::append::dedupe_id(record);
-    let refuse = |why: &str| Err(DeliveryError::permanent(PermanentReason::Malformed, why.replace("{id}", &id)));
+    let refuse = |why: &str| {
+        Err(DeliveryError::permanent(
+            PermanentReason::Malformed,
+            why.replace("{id}", &id),
+        ))
+    };
     if id.parse::<i64>().map_or(false, |n| n.to_string() == id) {
         return refuse(
             "event id \"{id}\" is an integer, which BullMQ refuses as a job id (it would collide with its \
@@ -222,10 +227,16 @@ mod tests {
         assert!(refused(&r).contains("queue name"), "{}", refused(&r));
         r.topic = "q".into();
         r.id = "042".into();
-        assert_eq!(job_id(&r).unwrap(), "042", "BullMQ takes what does not read back as the integer");
+        assert_eq!(
+            job_id(&r).unwrap(),
+            "042",
+            "BullMQ takes what does not read back as the integer"
+        );
         r.id = "id-1".into();
-        r.headers
-            .push((outbox_core::header::REPLAY.into(), Bytes::from_static(b"from=0/10 to=0/20")));
+        r.headers.push((
+            outbox_core::header::REPLAY.into(),
+            Bytes::from_static(b"from=0/10 to=0/20"),
+        ));
         assert_eq!(job_id(&r).unwrap(), "id-1 from=0/10 to=0/20");
     }
 }
