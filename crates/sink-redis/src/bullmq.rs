@@ -79,7 +79,7 @@ pub fn job_id(record: &Record) -> Result<String, DeliveryError> {
             why.replace("{id}", &id),
         ))
     };
-    if id.parse::<i64>().map_or(false, |n| n.to_string() == id) {
+    if id.parse::<i64>().is_ok_and(|n| n.to_string() == id) {
         return refuse(
             "event id \"{id}\" is an integer, which BullMQ refuses as a job id (it would collide with its \
              own numbered jobs): use non-numeric event ids (e.g. UUIDs) in BullMQ mode",
