@@ -224,7 +224,8 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
                     }
                 }
                 if runs(Scenario::Ceiling) {
-                    round_plan.push(Consumer::RedisCeiling(url.clone()));
+                    round_plan.push(Consumer::RedisCeiling(url.clone(), false));
+                    round_plan.push(Consumer::RedisCeiling(url.clone(), true));
                 }
             }
             if round % 2 == 1 {
@@ -315,8 +316,9 @@ enum Consumer {
     RabbitCeiling(String),
     /// `outboxd::run` into this Redis (multi-thread runtime).
     RedisPipeline(String, redis::Mode),
-    /// A bare XADD pipeline into this Redis (no Postgres involved).
-    RedisCeiling(String),
+    /// A bare XADD pipeline into this Redis (no Postgres involved), or
+    /// (`true`) the same through the sink's idempotent append script.
+    RedisCeiling(String, bool),
 }
 
 impl Consumer {
@@ -326,7 +328,7 @@ impl Consumer {
             Consumer::Decode(_) => "decode",
             Consumer::Pipeline(_, None) => "pipeline",
             Consumer::Pipeline(_, Some(_)) => "broker",
-            Consumer::RabbitCeiling(_) | Consumer::RedisCeiling(_) => "ceiling",
+            Consumer::RabbitCeiling(_) | Consumer::RedisCeiling(..) => "ceiling",
             Consumer::RedisPipeline(..) => "redis",
         }
     }
@@ -348,7 +350,8 @@ impl Consumer {
             }
             Consumer::RabbitCeiling(_) => "bare lapin publisher, confirms (rabbitmq ceiling)".to_owned(),
             Consumer::RedisPipeline(_, mode) => format!("outboxd full pipeline, redis {}", mode.name()),
-            Consumer::RedisCeiling(_) => "bare XADD pipeline (redis ceiling)".to_owned(),
+            Consumer::RedisCeiling(_, false) => "bare XADD pipeline (redis ceiling)".to_owned(),
+            Consumer::RedisCeiling(_, true) => "bare pipeline of the append script (no outboxd)".to_owned(),
         }
     }
 }
@@ -450,11 +453,11 @@ impl Bench {
                     note = format!("{written} in redis");
                     report
                 }
-                Consumer::RedisCeiling(url) => {
+                Consumer::RedisCeiling(url, script) => {
                     let body = sample_payload(&self.loader).await?;
                     let window = sink_redis::defaults::MAX_IN_FLIGHT;
                     let destination = redis::Destination::new(url, "ceiling")?;
-                    let report = redis::ceiling(&destination, backlog.rows, &body, window).await;
+                    let report = redis::ceiling(&destination, backlog.rows, &body, window, *script).await;
                     destination.remove().await?;
                     note = format!("{}-byte payloads, window {window}", body.len());
                     report?
@@ -500,7 +503,7 @@ impl Bench {
 /// Notes on each Redis pipeline run its share of the median bare XADD
 /// ceiling of the same backlog.
 fn compare_with_ceiling(rows: &mut [Row]) {
-    let ceiling = Consumer::RedisCeiling(String::new()).label(false);
+    let ceiling = Consumer::RedisCeiling(String::new(), false).label(false);
     let mut ceilings: Vec<f64> = rows
         .iter()
         .filter(|r| r.scenario.starts_with(&ceiling))

@@ -3,7 +3,10 @@
 //! records counted first) and the ceiling its figures are compared with — a
 //! bare `XADD` pipeline on one connection, batches of the sink's window one
 //! at a time (as the sink sends them), each entry with the fields and sizes
-//! outboxd's Streams mode writes for an event of the backlog.
+//! outboxd's Streams mode writes for an event of the backlog. The same
+//! pipeline of the sink's idempotent append script (`EVALSHA`, same keys
+//! and arguments as the sink's) shows what the idempotency costs the server,
+//! without outboxd.
 
 use std::time::Instant;
 
@@ -124,17 +127,25 @@ impl Destination {
 }
 
 /// Appends `events` entries like outboxd's (same fields, `body` as the
-/// payload) to the destination's stream with bare `XADD … *`, pipelined in
-/// batches of `window`, one batch at a time, and waits for the last reply.
-/// Runs in this process: its CPU is the difference of this process's CPU time.
+/// payload) to the destination's stream with bare `XADD … *` (or, with
+/// `script`, the sink's append script), pipelined in batches of `window`,
+/// one batch at a time, and waits for the last reply. Runs in this process:
+/// its CPU is the difference of this process's CPU time.
 pub(crate) async fn ceiling(
     destination: &Destination,
     events: u64,
     body: &[u8],
     window: usize,
+    script: bool,
 ) -> anyhow::Result<Report> {
     let mut connection = destination.connect().await?;
     let stream = destination.stream();
+    let dedupe = sink_redis::append::dedupe_key(&stream);
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(sink_redis::append::SCRIPT)
+        .query_async(&mut connection)
+        .await?;
     let cpu_before = usage::own_cpu_seconds();
     let started = Instant::now();
     let mut appended = 0u64;
@@ -142,11 +153,22 @@ pub(crate) async fn ceiling(
         let batch = (events - appended).min(window as u64);
         let mut pipe = redis::pipe();
         for i in appended..appended + batch {
-            pipe.cmd("XADD")
-                .arg(&stream)
-                .arg("*")
+            let id = format!("00000000-0000-4000-8000-{i:012}");
+            let command = if script {
+                pipe.cmd("EVALSHA")
+                    .arg(&sha)
+                    .arg(2)
+                    .arg(&stream)
+                    .arg(&dedupe)
+                    .arg(&id)
+                    .arg(sink_redis::defaults::DEDUPE_TTL.as_secs())
+                    .arg(0)
+            } else {
+                pipe.cmd("XADD").arg(&stream).arg("*")
+            };
+            command
                 .arg("id")
-                .arg(format!("00000000-0000-4000-8000-{i:012}"))
+                .arg(id)
                 .arg("type")
                 .arg("OrderCreated")
                 .arg("aggregatetype")
@@ -160,9 +182,12 @@ pub(crate) async fn ceiling(
                 .arg("payload")
                 .arg(body);
         }
-        let ids: Vec<String> = pipe.query_async(&mut connection).await?;
-        if ids.len() as u64 != batch {
-            bail!("{} replies to {batch} XADDs", ids.len());
+        let ids: Vec<Option<String>> = pipe.query_async(&mut connection).await?;
+        if ids.iter().flatten().count() as u64 != batch {
+            bail!(
+                "{} entries appended by {batch} commands",
+                ids.iter().flatten().count()
+            );
         }
         appended += batch;
     }
