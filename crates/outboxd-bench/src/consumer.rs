@@ -28,7 +28,7 @@ pub(crate) enum Mode {
     /// `pg-replication`'s stream and the pgoutput decoder, every commit
     /// acknowledged, events dropped.
     Decode,
-    /// `outboxd::run` into Kafka, done when the slot is acknowledged past the
+    /// `outboxd::run` into Kafka (or Redis), done when the slot is acknowledged past the
     /// backlog's end (which implies every record's delivery report arrived).
     Pipeline,
     /// `outboxd::run` into Kafka while the parent inserts at a fixed rate;
@@ -79,6 +79,8 @@ pub(crate) struct ConsumeArgs {
     /// The RabbitMQ exchange (with `--rabbitmq`).
     #[arg(long)]
     pub(crate) exchange: Option<String>,
+    #[command(flatten)]
+    pub(crate) redis: RedisArgs,
     /// Rows to decode (decode), to deliver (pipeline), or transactions to
     /// acknowledge (steady).
     #[arg(long)]
@@ -92,6 +94,20 @@ pub(crate) struct ConsumeArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 3600)]
     pub(crate) timeout: u64,
+}
+
+/// Into Redis instead of Kafka.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct RedisArgs {
+    /// The server (`--redis-mode`, `--redis-prefix` say how and where).
+    #[arg(long)]
+    pub(crate) redis_url: Option<String>,
+    /// `streams` or `bullmq`.
+    #[arg(long, default_value = "streams")]
+    pub(crate) redis_mode: String,
+    /// The prefix of every stream or queue (and BullMQ's key prefix).
+    #[arg(long, default_value = "outboxd-bench")]
+    pub(crate) redis_prefix: String,
 }
 
 /// What a child reports.
@@ -125,6 +141,15 @@ fn service_config(args: &ConsumeArgs, state: &std::path::Path) -> Config {
         if let Some(exchange) = &args.exchange {
             config.rabbitmq.exchange = exchange.clone();
         }
+    }
+    if let Some(url) = &args.redis.redis_url {
+        config.sink.kind = outboxd::sink::SinkKind::Redis;
+        config.redis.url = url.clone();
+        if args.redis.redis_mode == "bullmq" {
+            config.redis.mode = outboxd::config::RedisMode::Bullmq;
+        }
+        config.redis.bullmq_prefix = args.redis.redis_prefix.clone();
+        config.routing.topic = format!("{}.outbox.event.${{aggregatetype}}", args.redis.redis_prefix);
     }
     config.checkpoint.path = state.join("checkpoint");
     config.admin.listen = String::new();
@@ -295,6 +320,10 @@ impl Running {
         }
         if let Some(exchange) = &args.exchange {
             command.args(["--exchange", exchange]);
+        }
+        if let Some(url) = &args.redis.redis_url {
+            command.args(["--redis-url", url, "--redis-mode", &args.redis.redis_mode]);
+            command.args(["--redis-prefix", &args.redis.redis_prefix]);
         }
         command.args(["--runtime", args.runtime.name()]);
         if let Some(end) = args.end_lsn {

@@ -26,6 +26,10 @@
 //!    pipeline's row notes its ratio to the ceiling and to the slower of
 //!    the ceiling and `pg_recvlogical`. The steady load runs into RabbitMQ
 //!    too.
+//! 7. with `--redis URL`, **the full pipeline into Redis**, Streams mode and
+//!    BullMQ mode, and **the Redis ceiling**: a bare `XADD` pipeline of the
+//!    backlog's entries with the sink's window on the same server (see
+//!    `redis.rs`).
 //!
 //! Every outboxd consumer runs in a child process (`outboxd-bench consume`,
 //! hidden) so its CPU seconds and peak RSS are its own; the mock Kafka
@@ -39,6 +43,7 @@
 mod backlog;
 mod consumer;
 mod rabbitmq;
+mod redis;
 mod reference;
 mod report;
 mod steady;
@@ -106,6 +111,11 @@ struct Cli {
     /// published by a bare lapin publisher in confirm mode (the ceiling).
     #[arg(long)]
     rabbitmq: Option<String>,
+    /// Also run the Redis scenarios against this server (`redis://127.0.0.1:6379`):
+    /// the full pipeline in Streams and in BullMQ mode, and a bare XADD
+    /// pipeline (the ceiling), each under its own key prefix, removed after.
+    #[arg(long)]
+    redis: Option<String>,
     /// Also write the results as JSON to this file (`-` for stdout, after the table).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -129,7 +139,7 @@ enum Scenario {
     Pipeline,
     Steady,
     Huge,
-    /// The bare lapin publisher (with `--rabbitmq`).
+    /// The bare lapin publisher (with `--rabbitmq`), the bare XADD pipeline (with `--redis`).
     Ceiling,
     /// The full pipeline into RabbitMQ (with `--rabbitmq`).
     RabbitPipeline,
@@ -220,6 +230,17 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
                         .iter()
                         .map(|&rt| Consumer::RabbitPipeline(rt, url.clone())),
                 );
+            }
+            if let Some(url) = &cli.redis {
+                if runs(Scenario::Pipeline) {
+                    for mode in [redis::Mode::Streams, redis::Mode::BullMq] {
+                        round_plan.push(Consumer::RedisPipeline(url.clone(), mode));
+                    }
+                }
+                if runs(Scenario::Ceiling) {
+                    round_plan.push(Consumer::RedisCeiling(url.clone(), false));
+                    round_plan.push(Consumer::RedisCeiling(url.clone(), true));
+                }
             }
             if round % 2 == 1 {
                 round_plan.reverse();
@@ -342,6 +363,11 @@ enum Consumer {
     RabbitCeiling(String),
     /// The full pipeline into this RabbitMQ.
     RabbitPipeline(Runtime, String),
+    /// `outboxd::run` into this Redis (multi-thread runtime).
+    RedisPipeline(String, redis::Mode),
+    /// A bare XADD pipeline into this Redis (no Postgres involved), or
+    /// (`true`) the same through the sink's idempotent append script.
+    RedisCeiling(String, bool),
 }
 
 impl Consumer {
@@ -351,8 +377,9 @@ impl Consumer {
             Consumer::Decode(_) => "decode",
             Consumer::Pipeline(_, None) => "pipeline",
             Consumer::Pipeline(_, Some(_)) => "broker",
-            Consumer::RabbitCeiling(_) => "ceiling",
+            Consumer::RabbitCeiling(_) | Consumer::RedisCeiling(..) => "ceiling",
             Consumer::RabbitPipeline(..) => "rabbitmq",
+            Consumer::RedisPipeline(..) => "redis",
         }
     }
 
@@ -373,6 +400,9 @@ impl Consumer {
             }
             Consumer::RabbitCeiling(_) => "bare lapin publisher, confirms (rabbitmq ceiling)".to_owned(),
             Consumer::RabbitPipeline(rt, _) => format!("outboxd full pipeline, rabbitmq{}", runtime(rt)),
+            Consumer::RedisPipeline(_, mode) => format!("outboxd full pipeline, redis {}", mode.name()),
+            Consumer::RedisCeiling(_, false) => "bare XADD pipeline (redis ceiling)".to_owned(),
+            Consumer::RedisCeiling(_, true) => "bare pipeline of the append script (no outboxd)".to_owned(),
         }
     }
 }
@@ -464,6 +494,36 @@ impl Bench {
                     destination.remove().await?;
                     report?
                 }
+                Consumer::RedisPipeline(url, mode) => {
+                    let destination = redis::Destination::new(url, mode.name())?;
+                    let mut args = self.drain_args(Mode::Pipeline, Runtime::MultiThread, slot, None, backlog);
+                    args.redis = consumer::RedisArgs {
+                        redis_url: Some(url.clone()),
+                        redis_mode: mode.name().to_owned(),
+                        redis_prefix: destination.prefix.clone(),
+                    };
+                    let report = consumer::run(&args, Arc::clone(&self.catalog)).await;
+                    let written = destination.written(*mode).await;
+                    destination.remove().await?;
+                    let (report, written) = (report?, written?);
+                    anyhow::ensure!(
+                        written == backlog.rows,
+                        "redis {}: {written} records in redis after the drain, expected {}",
+                        mode.name(),
+                        backlog.rows
+                    );
+                    note = format!("{written} in redis");
+                    report
+                }
+                Consumer::RedisCeiling(url, script) => {
+                    let body = sample_payload(&self.loader).await?;
+                    let window = sink_redis::defaults::MAX_IN_FLIGHT;
+                    let destination = redis::Destination::new(url, "ceiling")?;
+                    let report = redis::ceiling(&destination, backlog.rows, &body, window, *script).await;
+                    destination.remove().await?;
+                    note = format!("{}-byte payloads, window {window}", body.len());
+                    report?
+                }
             };
             let mut row = Row::new(scenario, report);
             row.note = note;
@@ -475,6 +535,7 @@ impl Bench {
         }
         backlog::drop_slots(&self.loader, &slots).await?;
         compare_with_ceiling(&mut out);
+        compare_with_redis_ceiling(&mut out);
         let mut medians = medians(&out);
         compare_with_ceiling(&mut medians);
         out.extend(medians);
@@ -501,6 +562,7 @@ impl Bench {
             end_lsn: Some(backlog.end),
             runtime,
             timeout: 3600,
+            redis: consumer::RedisArgs::default(),
         }
     }
 }
@@ -533,6 +595,32 @@ fn compare_with_ceiling(rows: &mut [Row]) {
             row.eps() / slower * 100.0
         );
         row.note = note;
+    }
+}
+
+/// Notes on each Redis pipeline run its share of the median bare XADD
+/// ceiling of the same backlog.
+fn compare_with_redis_ceiling(rows: &mut [Row]) {
+    let ceiling = Consumer::RedisCeiling(String::new(), false).label(false);
+    let mut ceilings: Vec<f64> = rows
+        .iter()
+        .filter(|r| r.scenario.starts_with(&ceiling))
+        .map(Row::eps)
+        .collect();
+    if ceilings.is_empty() {
+        return;
+    }
+    ceilings.sort_by(f64::total_cmp);
+    let median = ceilings[ceilings.len() / 2];
+    for row in rows
+        .iter_mut()
+        .filter(|r| r.scenario.starts_with("outboxd full pipeline, redis"))
+    {
+        row.note = format!(
+            "{}; {:.0}% of the XADD ceiling",
+            row.note,
+            row.eps() / median * 100.0
+        );
     }
 }
 

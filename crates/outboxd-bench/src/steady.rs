@@ -88,6 +88,7 @@ pub(crate) async fn steady(
         end_lsn: None,
         timeout: duration.as_secs() + 120,
         runtime: Runtime::MultiThread,
+        redis: consumer::RedisArgs::default(),
     };
     let running = consumer::Running::start(&args, Arc::clone(&catalog)).await?;
     // Start inserting once outboxd streams (its walsender is up), then give

@@ -46,30 +46,44 @@ pub async fn check(config: &Config) -> Vec<Finding> {
         "redis",
         format!("{} (Redis {})", redis.redacted_url(), server.version),
     ));
-    let idempotency = match server.idempotency {
-        Idempotency::LuaScript if server.has_idmp => {
-            "atomic Lua script with a per-stream dedupe set (the server has XADD IDMP, which keeps ids \
-             at most 24 h and 10,000 per producer; the script keeps them for redis.dedupe_ttl_ms)"
-        }
-        Idempotency::LuaScript => {
-            "atomic Lua script with a per-stream dedupe set (the server has no XADD IDMP, Redis < 8.6)"
-        }
-    };
-    findings.push(ok(
-        "redis idempotency",
-        format!("{idempotency}; ids kept {:?}", redis.dedupe_ttl),
-    ));
-    let retention = std::time::Duration::from_millis(config.retention.duration_ms);
-    if redis.dedupe_ttl < retention {
-        findings.push(warn(
-            "redis dedupe ttl",
+    match &redis.mode {
+        sink_redis::Mode::BullMq { .. } => findings.push(ok(
+            "redis idempotency",
             format!(
-                "ids are kept {:?}, less than the replay window {retention:?}: a re-send older than that \
-                 is appended again",
-                redis.dedupe_ttl
+                "bullmq mode: job id = event id, so BullMQ (its own addStandardJob script, bullmq {}) ignores \
+                 a re-sent record while its job exists; keep completed jobs (removeOnComplete) at least as \
+                 long as a replay window",
+                sink_redis::bullmq::BULLMQ_VERSION
             ),
-            "raise redis.dedupe_ttl_ms to at least retention.duration_ms",
-        ));
+        )),
+        _ => {
+            let idempotency = match server.idempotency {
+                Idempotency::LuaScript if server.has_idmp => {
+                    "atomic Lua script with a per-stream dedupe set (the server also has XADD IDMP, which \
+                     keeps ids at most 24 h and 10,000 per producer and stream; the script keeps them for \
+                     redis.dedupe_ttl_ms)"
+                }
+                Idempotency::LuaScript => {
+                    "atomic Lua script with a per-stream dedupe set (the server has no XADD IDMP, Redis < 8.6)"
+                }
+            };
+            findings.push(ok(
+                "redis idempotency",
+                format!("{idempotency}; ids kept {:?}", redis.dedupe_ttl),
+            ));
+            let retention = std::time::Duration::from_millis(config.retention.duration_ms);
+            if redis.dedupe_ttl < retention {
+                findings.push(warn(
+                    "redis dedupe ttl",
+                    format!(
+                        "ids are kept {:?}, less than the replay window {retention:?}: a re-send older than \
+                         that is appended again",
+                        redis.dedupe_ttl
+                    ),
+                    "raise redis.dedupe_ttl_ms to at least retention.duration_ms",
+                ));
+            }
+        }
     }
     if redis.wait_replicas > server.replicas {
         findings.push(fail(
@@ -81,9 +95,19 @@ pub async fn check(config: &Config) -> Vec<Finding> {
             "lower redis.wait_replicas or attach replicas",
         ));
     }
-    match redis.maxlen {
-        Some(n) => findings.push(ok("redis trimming", format!("MAXLEN ~ {n} per stream"))),
-        None => findings.push(warn(
+    match (&redis.mode, redis.maxlen) {
+        (sink_redis::Mode::BullMq { .. }, None) => findings.push(ok(
+            "redis trimming",
+            "bullmq mode: jobs stay until workers remove them (removeOnComplete / removeOnFail); \
+             BullMQ trims each queue's events stream itself",
+        )),
+        (sink_redis::Mode::BullMq { .. }, Some(n)) => findings.push(warn(
+            "redis trimming",
+            format!("redis.maxlen = {n} has no effect in bullmq mode (it trims streams)"),
+            "remove redis.maxlen; BullMQ workers remove jobs (removeOnComplete / removeOnFail)",
+        )),
+        (_, Some(n)) => findings.push(ok("redis trimming", format!("MAXLEN ~ {n} per stream"))),
+        (_, None) => findings.push(warn(
             "redis trimming",
             "streams are never trimmed: each grows by every event until a consumer or an operator trims it",
             "set redis.maxlen (XADD MAXLEN ~), or trim with XTRIM after consumers have read",
