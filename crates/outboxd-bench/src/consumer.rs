@@ -135,6 +135,9 @@ fn service_config(args: &ConsumeArgs, state: &std::path::Path) -> Config {
     config.postgres.slot = args.slot.clone();
     config.postgres.status_interval_ms = 10;
     config.kafka.brokers = args.brokers.clone();
+    for (key, value) in extra_kafka_properties() {
+        config.kafka.properties.insert(key, value);
+    }
     if let Some(url) = &args.rabbitmq {
         config.sink.kind = outboxd::sink::SinkKind::RabbitMq;
         config.rabbitmq.url = url.clone();
@@ -373,4 +376,18 @@ impl Running {
 /// Runs a child consumer to the end.
 pub(crate) async fn run(args: &ConsumeArgs, catalog: Arc<tokio_postgres::Client>) -> anyhow::Result<Report> {
     Running::start(args, catalog).await?.finish().await
+}
+
+/// The variable through which `--kafka-property` reaches the consumer
+/// children (they inherit the parent's environment): `key=value` pairs,
+/// one per line.
+pub(crate) const KAFKA_PROPERTIES_VAR: &str = "OUTBOXD_BENCH_KAFKA_PROPERTIES";
+
+fn extra_kafka_properties() -> Vec<(String, String)> {
+    std::env::var(KAFKA_PROPERTIES_VAR)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(key, value)| (key.trim().to_owned(), value.trim().to_owned()))
+        .collect()
 }

@@ -106,6 +106,11 @@ struct Cli {
     /// the topic outbox.event.order must exist or be auto-created.
     #[arg(long)]
     kafka_brokers: Option<String>,
+    /// An extra librdkafka property for every outboxd consumer (`key=value`,
+    /// repeatable), e.g. `queue.buffering.max.messages=100000` to measure
+    /// what the producer queue's default costs against a real broker.
+    #[arg(long = "kafka-property", value_name = "KEY=VALUE")]
+    kafka_property: Vec<String>,
     /// Also run the RabbitMQ scenarios against this broker
     /// (`amqp://guest:guest@127.0.0.1:5672/%2f`): each backlog is also
     /// published by a bare lapin publisher in confirm mode (the ceiling).
@@ -148,6 +153,10 @@ enum Scenario {
 fn main() -> ExitCode {
     let started = Instant::now();
     let cli = Cli::parse();
+    if !cli.kafka_property.is_empty() {
+        // Before any thread exists; the consumer children inherit it.
+        std::env::set_var(consumer::KAFKA_PROPERTIES_VAR, cli.kafka_property.join("\n"));
+    }
     // outboxd's own `main` runs on the multi-threaded runtime; a consumer
     // child can be told otherwise to see what the runtime costs.
     let mut runtime = match &cli.command {
