@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use outbox_core::redact::{redact, redact_property};
-use outbox_core::{ColumnMapping, Routing, TopicRule};
+use outbox_core::{AdditionalField, ColumnMapping, PayloadEncoding, Placement, Routing, TopicRule};
 use pg_replication::{OutboxTable, ReplicationConfig, StreamConfig};
 use serde::Deserialize;
 use sink_kafka::KafkaConfig;
@@ -215,6 +215,28 @@ pub struct OutboxColumns {
     pub payload: String,
     /// Extra columns sent as headers.
     pub extra_headers: Vec<String>,
+    /// Extra columns placed as Debezium's `table.fields.additional.placement`
+    /// does: `column:header[:alias]`, `column:envelope[:alias]`, `column:partition`.
+    #[serde(deserialize_with = "additional_fields")]
+    pub additional: Vec<AdditionalField>,
+    /// A JSON object column whose every key becomes a header.
+    pub headers_column: Option<String>,
+    /// The key column (default: the aggregate id column).
+    pub key: Option<String>,
+    /// The record timestamp column: `timestamptz`, `timestamp` (as UTC) or
+    /// `bigint` (milliseconds). Default: the transaction's commit time.
+    pub timestamp: Option<String>,
+    /// A column holding a W3C `traceparent`, sent as the `traceparent` header.
+    pub traceparent: Option<String>,
+    /// A column holding a W3C `tracestate`, sent as the `tracestate` header.
+    pub tracestate: Option<String>,
+}
+
+fn additional_fields<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<AdditionalField>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|entry| entry.parse().map_err(serde::de::Error::custom))
+        .collect()
 }
 
 impl Default for OutboxColumns {
@@ -227,6 +249,12 @@ impl Default for OutboxColumns {
             event_type: d.event_type,
             payload: d.payload,
             extra_headers: d.extra_headers,
+            additional: d.additional,
+            headers_column: d.headers_column,
+            key: d.key,
+            timestamp: d.timestamp,
+            traceparent: None,
+            tracestate: None,
         }
     }
 }
@@ -242,6 +270,24 @@ pub struct RoutingConfig {
     pub topic_column: Option<String>,
     /// A NULL payload becomes a tombstone (null value) instead of an empty value.
     pub tombstone_on_null: bool,
+    /// An empty payload (empty text or `bytea`) becomes a tombstone too.
+    pub tombstone_on_empty: bool,
+    /// `raw` (the bytes as stored) or `json-string` (text and JSON payloads
+    /// as a JSON string, as Debezium's JSON converter sends them).
+    pub payload_encoding: PayloadEncodingConfig,
+    /// Headers added to every record (`[routing.headers]`).
+    pub headers: BTreeMap<String, String>,
+}
+
+/// `[routing] payload_encoding`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PayloadEncodingConfig {
+    /// The bytes as stored.
+    #[default]
+    Raw,
+    /// A JSON string holding the payload's text; `bytea` as stored.
+    JsonString,
 }
 
 impl Default for RoutingConfig {
@@ -250,6 +296,9 @@ impl Default for RoutingConfig {
             topic: "outbox.event.${aggregatetype}".into(),
             topic_column: None,
             tombstone_on_null: false,
+            tombstone_on_empty: false,
+            payload_encoding: PayloadEncodingConfig::Raw,
+            headers: BTreeMap::new(),
         }
     }
 }
@@ -631,8 +680,26 @@ impl Config {
             event_type: o.event_type.clone(),
             payload: o.payload.clone(),
             extra_headers: o.extra_headers.clone(),
+            additional: self.additional(),
+            headers_column: o.headers_column.clone(),
+            key: o.key.clone(),
+            timestamp: o.timestamp.clone(),
             topic: self.routing.topic_column.clone(),
         }
+    }
+
+    /// `outbox.additional`, with the trace context columns as headers.
+    fn additional(&self) -> Vec<AdditionalField> {
+        let o = &self.outbox;
+        let trace = [("traceparent", &o.traceparent), ("tracestate", &o.tracestate)];
+        let mut fields = o.additional.clone();
+        fields.extend(trace.into_iter().filter_map(|(header, column)| {
+            Some(AdditionalField {
+                column: column.clone()?,
+                placement: Placement::Header(header.to_owned()),
+            })
+        }));
+        fields
     }
 
     /// The routing rules.
@@ -644,7 +711,21 @@ impl Config {
         } else {
             TopicRule::Fixed(self.routing.topic.clone())
         };
-        Ok(Routing::new(rule, self.routing.tombstone_on_null)?.with_names(self.sink.kind.names()))
+        let encoding = match self.routing.payload_encoding {
+            PayloadEncodingConfig::Raw => PayloadEncoding::Raw,
+            PayloadEncodingConfig::JsonString => PayloadEncoding::JsonString,
+        };
+        let headers = self
+            .routing
+            .headers
+            .iter()
+            .map(|(name, value)| (name.clone(), bytes::Bytes::from(value.clone())))
+            .collect();
+        Ok(Routing::new(rule, self.routing.tombstone_on_null)?
+            .with_tombstone_on_empty(self.routing.tombstone_on_empty)
+            .with_encoding(encoding)
+            .with_static_headers(headers)
+            .with_names(self.sink.kind.names()))
     }
 
     /// The permanent-error policy (`[sink]`, else `[kafka]`).
@@ -881,6 +962,47 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("unknown placeholder"));
+    }
+
+    #[test]
+    fn debezium_style_mapping_keys_and_a_bad_placement_naming_the_syntax() {
+        let config = Config::from_toml(
+            "[outbox]\nadditional = [\"type:header:eventType\", \"shard:partition\"]\nkey = \"customer\"\n\
+             timestamp = \"created_at\"\ntraceparent = \"tp\"\n\
+             [routing]\npayload_encoding = \"json-string\"\ntombstone_on_empty = true\n",
+        )
+        .unwrap();
+        let mapping = config.mapping();
+        assert_eq!(mapping.key.as_deref(), Some("customer"));
+        assert_eq!(mapping.timestamp.as_deref(), Some("created_at"));
+        assert_eq!(
+            mapping.additional,
+            vec![
+                AdditionalField {
+                    column: "type".into(),
+                    placement: Placement::Header("eventType".into())
+                },
+                AdditionalField {
+                    column: "shard".into(),
+                    placement: Placement::Partition
+                },
+                AdditionalField {
+                    column: "tp".into(),
+                    placement: Placement::Header("traceparent".into())
+                },
+            ]
+        );
+        assert_eq!(
+            config.routing().unwrap(),
+            Routing::new(TopicRule::Template("outbox.event.${aggregatetype}".into()), false)
+                .unwrap()
+                .with_tombstone_on_empty(true)
+                .with_encoding(PayloadEncoding::JsonString)
+        );
+        let err = Config::from_toml("[outbox]\nadditional = [\"type:body\"]\n").unwrap_err();
+        assert!(format!("{err:#}").contains("column:header[:alias]"), "{err:#}");
+        let err = Config::from_toml("[routing]\npayload_encoding = \"base64\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("unknown variant"), "{err:#}");
     }
 
     #[test]

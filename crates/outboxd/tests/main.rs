@@ -12,4 +12,5 @@ mod failover;
 mod ha;
 mod memory;
 mod ops;
+mod router;
 mod support;
