@@ -43,6 +43,9 @@ pub struct OutboxEvent {
     pub commit_time_ms: Option<i64>,
     /// The partition column's value, when one is configured and not NULL.
     pub partition: Option<i32>,
+    /// Where the event comes from: its table (`schema.table`) or message
+    /// prefix, when the stream said.
+    pub source: Option<String>,
     /// The value of the topic column, when routing by column.
     pub topic: Option<String>,
     /// Position in the stream.
@@ -289,6 +292,7 @@ impl ColumnMapping {
             timestamp_ms,
             commit_time_ms: None,
             partition,
+            source: None,
             topic: self.topic.as_deref().map(text).transpose()?,
             position,
         })

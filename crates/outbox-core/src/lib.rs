@@ -24,8 +24,8 @@ pub use event::{
 pub use pgoutput::Lsn;
 pub use retention::RetentionWindow;
 pub use routing::{
-    check_template, header, render_template, NameRule, PayloadEncoding, Record, Routing, RoutingError,
-    TemplateError, TopicRule,
+    check_template, header, render_template, CloudEvents, NameRule, PayloadEncoding, Record, Routing,
+    RoutingError, TemplateError, TopicRule,
 };
 pub use sink::{AfterPermanentFailure, Delivery, DeliveryError, ErrorClass, PermanentReason, Sink};
 pub use time::{format_rfc3339_millis, parse_timestamp_millis};

@@ -23,6 +23,47 @@ pub mod header {
     pub const REPLAY: &str = "outboxd.replay";
 }
 
+/// CloudEvents in binary content mode: the event's attributes as `ce_*`
+/// headers (the Kafka protocol binding), the payload untouched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudEvents {
+    /// The `source` attribute; `${table}` is replaced by the event's table
+    /// (`schema.table`) or message prefix.
+    pub source: String,
+}
+
+impl CloudEvents {
+    /// `specversion` of the attributes written.
+    pub const SPEC_VERSION: &'static str = "1.0";
+
+    fn headers(&self, event: &OutboxEvent, content_type: &'static str) -> Vec<(String, Bytes)> {
+        let source = self
+            .source
+            .replace("${table}", event.source.as_deref().unwrap_or("unknown"));
+        let mut headers = vec![
+            (
+                "ce_specversion".to_owned(),
+                Bytes::from_static(Self::SPEC_VERSION.as_bytes()),
+            ),
+            ("ce_id".to_owned(), Bytes::from(event.id.clone())),
+            ("ce_source".to_owned(), Bytes::from(source)),
+            ("ce_type".to_owned(), Bytes::from(event.event_type.clone())),
+        ];
+        if let Some(ms) = event.commit_time_ms {
+            headers.push((
+                "ce_time".to_owned(),
+                Bytes::from(crate::time::format_rfc3339_millis(ms)),
+            ));
+        }
+        headers.push(("ce_subject".to_owned(), event.aggregate_id.clone()));
+        headers.push((
+            "content-type".to_owned(),
+            Bytes::from_static(content_type.as_bytes()),
+        ));
+        headers
+    }
+}
+
 /// How the topic of a record is chosen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TopicRule {
@@ -154,6 +195,7 @@ pub struct Routing {
     tombstone_on_empty: bool,
     encoding: PayloadEncoding,
     static_headers: Vec<(String, Bytes)>,
+    cloudevents: Option<CloudEvents>,
     names: NameRule,
 }
 
@@ -199,6 +241,7 @@ impl Routing {
             tombstone_on_empty: false,
             encoding: PayloadEncoding::Raw,
             static_headers: Vec::new(),
+            cloudevents: None,
             names: NameRule::default(),
         })
     }
@@ -212,6 +255,12 @@ impl Routing {
     /// How the payload is encoded.
     pub fn with_encoding(mut self, encoding: PayloadEncoding) -> Self {
         self.encoding = encoding;
+        self
+    }
+
+    /// CloudEvents attributes as headers (binary content mode).
+    pub fn with_cloudevents(mut self, cloudevents: Option<CloudEvents>) -> Self {
+        self.cloudevents = cloudevents;
         self
     }
 
@@ -270,6 +319,9 @@ impl Routing {
                 headers.push((name.clone(), value.clone()));
             }
         }
+        if let Some(cloudevents) = &self.cloudevents {
+            headers.extend(cloudevents.headers(event, self.content_type(event)));
+        }
         headers.extend(self.static_headers.iter().cloned());
         Ok(Record {
             topic,
@@ -281,6 +333,16 @@ impl Routing {
             timestamp_ms: event.timestamp_ms.or(event.commit_time_ms),
             partition: event.partition,
         })
+    }
+
+    /// The media type of the record value.
+    fn content_type(&self, event: &OutboxEvent) -> &'static str {
+        match (event.payload_kind, self.encoding) {
+            _ if !event.envelope.is_empty() => "application/json",
+            (ValueKind::Binary, _) => "application/octet-stream",
+            (_, PayloadEncoding::JsonString) | (ValueKind::Json, _) => "application/json",
+            (ValueKind::Text, PayloadEncoding::Raw) => "text/plain; charset=utf-8",
+        }
     }
 
     fn encode(&self, payload: &Bytes, kind: ValueKind) -> Bytes {

@@ -50,6 +50,7 @@ fn default_mapping_and_routing_match_debeziums_outbox_router() {
             timestamp_ms: None,
             commit_time_ms: None,
             partition: None,
+            source: None,
             topic: None,
             position: position(),
         }
@@ -441,5 +442,59 @@ fn empty_payload_is_a_tombstone_only_when_enabled() {
     assert_eq!(
         tombstones.route(&event, None).unwrap().value.as_deref(),
         Some(&br#"{"total": 10}"#[..])
+    );
+}
+
+#[test]
+fn cloudevents_binary_mode_adds_ce_headers_and_leaves_the_payload_untouched() {
+    let json_payload = |c: &str| match c {
+        "payload" => ColumnLookup::Json(Bytes::from_static(br#"{"total": 10}"#)),
+        other => row(other),
+    };
+    let mut event = ColumnMapping::default()
+        .event_from_row(position(), json_payload)
+        .unwrap();
+    event.commit_time_ms = Some(1_714_566_600_123);
+    event.source = Some("public.outbox".into());
+    let routing = Routing::default().with_cloudevents(Some(CloudEvents {
+        source: "/outboxd/app/${table}".into(),
+    }));
+    let record = routing.route(&event, None).unwrap();
+    assert_eq!(record.value.as_deref(), Some(&br#"{"total": 10}"#[..]));
+    let ce: Vec<(&str, &[u8])> = record
+        .headers
+        .iter()
+        .skip(5)
+        .map(|(n, v)| (n.as_str(), v.as_ref()))
+        .collect();
+    assert_eq!(
+        ce,
+        [
+            ("ce_specversion", &b"1.0"[..]),
+            ("ce_id", b"6f1c2a52-0000-4000-8000-000000000001"),
+            ("ce_source", b"/outboxd/app/public.outbox"),
+            ("ce_type", b"OrderCreated"),
+            ("ce_time", b"2024-05-01T12:30:00.123Z"),
+            ("ce_subject", b"order-42"),
+            ("content-type", b"application/json"),
+        ]
+    );
+    // A bytea payload is not JSON.
+    let bytea = |c: &str| match c {
+        "payload" => ColumnLookup::Binary(Bytes::from_static(&[1, 2])),
+        other => row(other),
+    };
+    let event = ColumnMapping::default()
+        .event_from_row(position(), bytea)
+        .unwrap();
+    let record = routing.route(&event, None).unwrap();
+    assert_eq!(
+        header(&record, "content-type").as_deref(),
+        Some("application/octet-stream")
+    );
+    assert_eq!(
+        header(&record, "ce_time"),
+        None,
+        "no commit time known, no ce_time"
     );
 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use outbox_core::redact::{redact, redact_property};
-use outbox_core::{AdditionalField, ColumnMapping, PayloadEncoding, Placement, Routing, TopicRule};
+use outbox_core::{
+    AdditionalField, CloudEvents, ColumnMapping, PayloadEncoding, Placement, Routing, TopicRule,
+};
 use pg_replication::{OutboxTable, ReplicationConfig, StreamConfig};
 use serde::Deserialize;
 use sink_kafka::KafkaConfig;
@@ -277,6 +279,11 @@ pub struct RoutingConfig {
     pub payload_encoding: PayloadEncodingConfig,
     /// Headers added to every record (`[routing.headers]`).
     pub headers: BTreeMap<String, String>,
+    /// CloudEvents binary content mode: `ce_*` headers, the payload untouched.
+    pub cloudevents: bool,
+    /// The CloudEvents `source`; `${table}` is the event's table or message
+    /// prefix. Default `/outboxd/<database>/${table}`.
+    pub ce_source: Option<String>,
 }
 
 /// `[routing] payload_encoding`.
@@ -299,6 +306,8 @@ impl Default for RoutingConfig {
             tombstone_on_empty: false,
             payload_encoding: PayloadEncodingConfig::Raw,
             headers: BTreeMap::new(),
+            cloudevents: false,
+            ce_source: None,
         }
     }
 }
@@ -725,7 +734,26 @@ impl Config {
             .with_tombstone_on_empty(self.routing.tombstone_on_empty)
             .with_encoding(encoding)
             .with_static_headers(headers)
+            .with_cloudevents(self.cloudevents()?)
             .with_names(self.sink.kind.names()))
+    }
+
+    /// `[routing] cloudevents`, with the default source naming the database.
+    fn cloudevents(&self) -> anyhow::Result<Option<CloudEvents>> {
+        if !self.routing.cloudevents {
+            if self.routing.ce_source.is_some() {
+                bail!("routing.ce_source is set but routing.cloudevents is not: set cloudevents = true or remove it");
+            }
+            return Ok(None);
+        }
+        let source = match &self.routing.ce_source {
+            Some(source) if source.is_empty() => {
+                bail!("routing.ce_source is empty (CloudEvents requires a source)")
+            }
+            Some(source) => source.clone(),
+            None => format!("/outboxd/{}/${{table}}", self.replication()?.dbname()?),
+        };
+        Ok(Some(CloudEvents { source }))
     }
 
     /// The permanent-error policy (`[sink]`, else `[kafka]`).
@@ -1001,6 +1029,9 @@ mod tests {
         );
         let err = Config::from_toml("[outbox]\nadditional = [\"type:body\"]\n").unwrap_err();
         assert!(format!("{err:#}").contains("column:header[:alias]"), "{err:#}");
+        let stray = Config::from_toml("[routing]\nce_source = \"/x\"\n").unwrap();
+        let err = stray.routing().unwrap_err();
+        assert!(format!("{err:#}").contains("set cloudevents = true"), "{err:#}");
         let err = Config::from_toml("[routing]\npayload_encoding = \"base64\"\n").unwrap_err();
         assert!(format!("{err:#}").contains("unknown variant"), "{err:#}");
     }

@@ -749,6 +749,7 @@ pub fn to_record(
                     id,
                     Origin {
                         source: &source,
+                        name: &format!("{}.{}", insert.relation.namespace, insert.relation.name),
                         table: true,
                         commit_time_ms,
                     },
@@ -797,6 +798,7 @@ pub fn to_record(
                     id,
                     Origin {
                         source: &source,
+                        name: &message.prefix,
                         table: false,
                         commit_time_ms,
                     },
@@ -834,6 +836,8 @@ fn timestamp_type_error(column: &str, type_id: u32) -> Option<String> {
 struct Origin<'a> {
     /// For errors (`table public.outbox`).
     source: &'a str,
+    /// The table (`public.outbox`) or message prefix.
+    name: &'a str,
     /// The source is a table, whose columns every row shares (a field missing
     /// from one outbox message says nothing of the next).
     table: bool,
@@ -851,6 +855,7 @@ fn map_and_route(
 ) -> Result<Record, Unmappable> {
     let Origin {
         source,
+        name,
         table,
         commit_time_ms,
     } = origin;
@@ -860,6 +865,7 @@ fn map_and_route(
         id: id.clone(),
     })?;
     event.commit_time_ms = commit_time_ms;
+    event.source = Some(name.to_owned());
     routing.route(&event, None).map_err(|e| Unmappable {
         id,
         error: format!("{source}: {e}"),

@@ -232,3 +232,39 @@ async fn json_string_encoding_and_empty_payload_tombstones() {
     assert_eq!(records[1].key_str(), "o-1");
     outboxd.terminate();
 }
+
+/// CloudEvents binary content mode (`[routing] cloudevents = true`): the
+/// attributes as `ce_*` headers with the default source
+/// `/outboxd/<database>/<table>` and the commit time as `ce_time`; the
+/// payload untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudevents_binary_mode_headers_with_the_default_source() {
+    let env = Env::start("[routing]\ncloudevents = true\n");
+    let client = env.pg.connect().await.unwrap();
+    let outboxd = env.spawn_streaming();
+    client
+        .batch_execute(
+            "insert into outbox (id, aggregatetype, aggregateid, type, payload) values \
+             ('6f1c2a52-0000-4000-8000-000000000031', 'order', 'order-5', 'OrderShipped', '{\"n\": 5}')",
+        )
+        .await
+        .unwrap();
+    let records = read(&env, 1).await;
+    let record = &records[0];
+    assert_eq!(record.value.as_deref(), Some(&br#"{"n": 5}"#[..]));
+    let commit = record.timestamp.expect("the commit time as the record timestamp");
+    assert_eq!(
+        headers(record)[5..],
+        [
+            ("ce_specversion", "1.0".to_owned()),
+            ("ce_id", "6f1c2a52-0000-4000-8000-000000000031".to_owned()),
+            ("ce_source", "/outboxd/postgres/public.outbox".to_owned()),
+            ("ce_type", "OrderShipped".to_owned()),
+            ("ce_time", outbox_core::format_rfc3339_millis(commit)),
+            ("ce_subject", "order-5".to_owned()),
+            ("content-type", "application/json".to_owned()),
+        ]
+    );
+    println!("cloudevents record headers={:?}", headers(record));
+    outboxd.terminate();
+}
