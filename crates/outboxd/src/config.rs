@@ -232,6 +232,33 @@ pub struct OutboxColumns {
     pub traceparent: Option<String>,
     /// A column holding a W3C `tracestate`, sent as the `tracestate` header.
     pub tracestate: Option<String>,
+    /// What an UPDATE of an outbox row does: `ignore` (default; the
+    /// publication publishes inserts only), `warn` or `stop` (the publication
+    /// must publish updates; `outboxd setup` creates it so).
+    pub on_update: OnUpdate,
+}
+
+/// `[outbox] on_update` (Debezium's `table.op.invalid.behavior`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUpdate {
+    /// Updates are not published, so never seen.
+    #[default]
+    Ignore,
+    /// Log a warning and go on.
+    Warn,
+    /// Stop before the transaction is acknowledged.
+    Stop,
+}
+
+impl OnUpdate {
+    /// The `publish` list of the publication this policy needs.
+    pub fn publish(self) -> &'static str {
+        match self {
+            OnUpdate::Ignore => "insert",
+            OnUpdate::Warn | OnUpdate::Stop => "insert, update",
+        }
+    }
 }
 
 fn additional_fields<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<AdditionalField>, D::Error> {
@@ -257,6 +284,7 @@ impl Default for OutboxColumns {
             timestamp: d.timestamp,
             traceparent: None,
             tracestate: None,
+            on_update: OnUpdate::Ignore,
         }
     }
 }
@@ -674,6 +702,11 @@ impl Config {
         );
         stream.tables = self.tables()?;
         stream.message_prefix = self.postgres.message_prefix.clone();
+        stream.on_update = match self.outbox.on_update {
+            OnUpdate::Ignore => pg_replication::UpdatePolicy::Ignore,
+            OnUpdate::Warn => pg_replication::UpdatePolicy::Warn,
+            OnUpdate::Stop => pg_replication::UpdatePolicy::Stop,
+        };
         stream.status_interval = Duration::from_millis(self.postgres.status_interval_ms.max(10));
         stream.buffer_bytes = usize::try_from(self.postgres.buffer_bytes).unwrap_or(usize::MAX);
         Ok(stream)

@@ -268,3 +268,92 @@ async fn cloudevents_binary_mode_headers_with_the_default_source() {
     println!("cloudevents record headers={:?}", headers(record));
     outboxd.terminate();
 }
+
+/// `on_update = "warn"`: setup publishes updates, an UPDATE of an outbox
+/// row is logged and passed over, later rows still flow; a row inserted and
+/// deleted in one transaction is still published (DELETEs are ignored, as
+/// in Debezium).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_update_warn_logs_and_goes_on_and_insert_then_delete_is_published() {
+    let env = Env::start("[outbox]\non_update = \"warn\"\n");
+    let client = env.pg.connect().await.unwrap();
+    let publish: (bool, bool, bool) = {
+        let row = client
+            .query_one(
+                "select pubinsert, pubupdate, pubdelete from pg_publication where pubname = 'outboxd'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert_eq!(publish, (true, true, false), "setup publishes insert, update");
+    let mut outboxd = env.spawn_streaming();
+    let insert = |n: u32| {
+        format!(
+            "insert into outbox (id, aggregatetype, aggregateid, type, payload) values \
+             ('6f1c2a52-0000-4000-8000-0000000000{n:02}', 'order', 'o-{n}', 'T', '{{\"n\": {n}}}');"
+        )
+    };
+    client
+        .batch_execute(&format!(
+            "{} update outbox set type = 'Changed' where aggregateid = 'o-41'; {} \
+             begin; {} delete from outbox where aggregateid = 'o-43'; commit;",
+            insert(41),
+            insert(42),
+            insert(43)
+        ))
+        .await
+        .unwrap();
+    let records = read(&env, 3).await;
+    let got: Vec<(&str, &str)> = records
+        .iter()
+        .map(|r| (r.key_str(), r.header("type").unwrap()))
+        .collect();
+    assert_eq!(got, [("o-41", "T"), ("o-42", "T"), ("o-43", "T")]);
+    outboxd.wait_for_log(
+        "a row of an outbox table was updated",
+        std::time::Duration::from_secs(10),
+    );
+    outboxd.terminate();
+}
+
+/// `on_update = "stop"`: the run ends naming the table and the transaction,
+/// and the slot is not confirmed up to that transaction's commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_update_stop_ends_the_run_before_acknowledging_the_transaction() {
+    let env = Env::start("[outbox]\non_update = \"stop\"\n");
+    let client = env.pg.connect().await.unwrap();
+    let mut outboxd = env.spawn_streaming();
+    client
+        .batch_execute(
+            "insert into outbox (id, aggregatetype, aggregateid, type, payload) values \
+             ('6f1c2a52-0000-4000-8000-000000000051', 'order', 'o-51', 'T', '{}')",
+        )
+        .await
+        .unwrap();
+    assert_eq!(read(&env, 1).await[0].key_str(), "o-51");
+    client
+        .batch_execute("update outbox set type = 'Changed' where aggregateid = 'o-51'")
+        .await
+        .unwrap();
+    let status = tokio::task::block_in_place(|| outboxd.wait(std::time::Duration::from_secs(60)));
+    let log = outboxd.log();
+    assert!(!status.success(), "must exit non-zero; log:\n{log}");
+    assert!(
+        log.contains("a row of outbox table public.outbox was updated") && log.contains("outbox.on_update"),
+        "log:\n{log}"
+    );
+    let commit: pgoutput::Lsn = log
+        .split("transaction with commit LSN ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .expect("the commit LSN in the error")
+        .parse()
+        .unwrap();
+    let confirmed = env.confirmed().await;
+    assert!(
+        confirmed < commit,
+        "slot confirmed at {confirmed}, the update's commit is {commit}"
+    );
+}
