@@ -710,16 +710,7 @@ pub fn to_record(
                 .as_deref()
                 .and_then(|column| timestamp_type_error(column, type_of(column)?))
             {
-                let id = "?".to_owned();
-                let error = format!("{source}: {error}");
-                return Some((
-                    position,
-                    Err(Unmappable {
-                        id,
-                        error,
-                        every_row: true,
-                    }),
-                ));
+                return unmappable(position, format!("{source}: {error}"), true);
             }
             // Values as stored: a bytea is its bytes, not its hex text.
             let lookup = |name: &str| match insert.stored(name) {
@@ -739,21 +730,16 @@ pub fn to_record(
                 .and_then(|v| v.as_text())
                 .unwrap_or("?")
                 .to_owned();
+            let name = format!("{}.{}", insert.relation.namespace, insert.relation.name);
+            let origin = Origin {
+                source: &source,
+                name: &name,
+                table: true,
+                commit_time_ms,
+            };
             Some((
                 position,
-                map_and_route(
-                    mapping,
-                    routing,
-                    position,
-                    lookup,
-                    id,
-                    Origin {
-                        source: &source,
-                        name: &format!("{}.{}", insert.relation.namespace, insert.relation.name),
-                        table: true,
-                        commit_time_ms,
-                    },
-                ),
+                map_and_route(mapping, routing, position, lookup, id, origin),
             ))
         }
         ReplicationEvent::Message(message) => {
@@ -766,15 +752,11 @@ pub fn to_record(
                 match serde_json::from_slice(&message.content) {
                     Ok(object) => object,
                     Err(err) => {
-                        let error = format!("the {source} is not a JSON object: {err}");
-                        return Some((
+                        return unmappable(
                             position,
-                            Err(Unmappable {
-                                id: "?".into(),
-                                error,
-                                every_row: false,
-                            }),
-                        ));
+                            format!("the {source} is not a JSON object: {err}"),
+                            false,
+                        )
                     }
                 };
             let lookup = |name: &str| match object.get(name) {
@@ -788,25 +770,29 @@ pub fn to_record(
                 .and_then(|v| v.as_str())
                 .unwrap_or("?")
                 .to_owned();
+            let origin = Origin {
+                source: &source,
+                name: &message.prefix,
+                table: false,
+                commit_time_ms,
+            };
             Some((
                 position,
-                map_and_route(
-                    mapping,
-                    routing,
-                    position,
-                    lookup,
-                    id,
-                    Origin {
-                        source: &source,
-                        name: &message.prefix,
-                        table: false,
-                        commit_time_ms,
-                    },
-                ),
+                map_and_route(mapping, routing, position, lookup, id, origin),
             ))
         }
         _ => None,
     }
+}
+
+/// An event that cannot be mapped before its id could be read.
+fn unmappable(
+    position: Position,
+    error: String,
+    every_row: bool,
+) -> Option<(Position, Result<Record, Unmappable>)> {
+    let id = "?".to_owned();
+    Some((position, Err(Unmappable { id, error, every_row })))
 }
 
 /// Type OIDs the mapping reads values by (`pg_type.oid`, fixed for built-in types).
