@@ -104,7 +104,8 @@ impl std::str::FromStr for AdditionalField {
             [column, "envelope"] | [column, "envelope", _] if !column.is_empty() => {
                 Placement::Envelope(alias(column)?)
             }
-            [column, "partition"] if !column.is_empty() => Placement::Partition,
+            // Debezium accepts an alias here and ignores it; so does this.
+            [column, "partition"] | [column, "partition", _] if !column.is_empty() => Placement::Partition,
             _ => {
                 return Err(format!(
                     "{text:?} is not `column:header[:alias]`, `column:envelope[:alias]` or `column:partition`"
