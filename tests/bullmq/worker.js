@@ -1,6 +1,7 @@
 // A stock BullMQ Worker for outboxd's BullMQ-mode test: processes the jobs of
 // one queue, one at a time, and appends one JSON line per processed job
-// (queue, id, name, data) to a file, in processing order.
+// (queue, id, name, data, and the headers outboxd put in opts.outboxd) to a
+// file, in processing order.
 //
 // usage: node worker.js <redis-url> <prefix> <queue> <out-file>
 'use strict';
@@ -20,7 +21,7 @@ const worker = new Worker(
   async (job) => {
     fs.appendFileSync(
       out,
-      JSON.stringify({ queue, id: job.id, name: job.name, data: job.data }) + '\n',
+      JSON.stringify({ queue, id: job.id, name: job.name, data: job.data, outboxd: job.opts.outboxd }) + '\n',
     );
   },
   { connection, prefix, concurrency: 1 },

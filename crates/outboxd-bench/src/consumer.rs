@@ -28,7 +28,7 @@ pub(crate) enum Mode {
     /// `pg-replication`'s stream and the pgoutput decoder, every commit
     /// acknowledged, events dropped.
     Decode,
-    /// `outboxd::run` into Kafka, done when the slot is acknowledged past the
+    /// `outboxd::run` into Kafka (or Redis), done when the slot is acknowledged past the
     /// backlog's end (which implies every record's delivery report arrived).
     Pipeline,
     /// `outboxd::run` into Kafka while the parent inserts at a fixed rate;
@@ -73,6 +73,14 @@ pub(crate) struct ConsumeArgs {
     pub(crate) slot: String,
     #[arg(long)]
     pub(crate) brokers: Option<String>,
+    /// Deliver to RabbitMQ at this URL instead of Kafka (with `--exchange`).
+    #[arg(long)]
+    pub(crate) rabbitmq: Option<String>,
+    /// The RabbitMQ exchange (with `--rabbitmq`).
+    #[arg(long)]
+    pub(crate) exchange: Option<String>,
+    #[command(flatten)]
+    pub(crate) redis: RedisArgs,
     /// Rows to decode (decode), to deliver (pipeline), or transactions to
     /// acknowledge (steady).
     #[arg(long)]
@@ -88,6 +96,20 @@ pub(crate) struct ConsumeArgs {
     pub(crate) timeout: u64,
 }
 
+/// Into Redis instead of Kafka.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct RedisArgs {
+    /// The server (`--redis-mode`, `--redis-prefix` say how and where).
+    #[arg(long)]
+    pub(crate) redis_url: Option<String>,
+    /// `streams` or `bullmq`.
+    #[arg(long, default_value = "streams")]
+    pub(crate) redis_mode: String,
+    /// The prefix of every stream or queue (and BullMQ's key prefix).
+    #[arg(long, default_value = "outboxd-bench")]
+    pub(crate) redis_prefix: String,
+}
+
 /// What a child reports.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Report {
@@ -101,8 +123,9 @@ pub(crate) struct Report {
     pub(crate) walsender_cpu_seconds: Option<f64>,
 }
 
-/// The settings the benchmark runs outboxd with: the defaults (librdkafka's
-/// queue bounded at 32 MiB / 10k records, `linger.ms=5`), no admin server,
+/// The settings the benchmark runs outboxd with: the defaults (the Kafka
+/// producer's queue bounded at 32 MiB / 10k records, `linger.ms=5`; the
+/// RabbitMQ sink's window of 1024 records), no admin server,
 /// and status updates every 10 ms instead of every second so that "the slot
 /// is acknowledged" is observed within 10 ms of outboxd deciding it (with the
 /// default the drain figures would include up to a second of waiting).
@@ -112,6 +135,22 @@ fn service_config(args: &ConsumeArgs, state: &std::path::Path) -> Config {
     config.postgres.slot = args.slot.clone();
     config.postgres.status_interval_ms = 10;
     config.kafka.brokers = args.brokers.clone();
+    if let Some(url) = &args.rabbitmq {
+        config.sink.kind = outboxd::sink::SinkKind::RabbitMq;
+        config.rabbitmq.url = url.clone();
+        if let Some(exchange) = &args.exchange {
+            config.rabbitmq.exchange = exchange.clone();
+        }
+    }
+    if let Some(url) = &args.redis.redis_url {
+        config.sink.kind = outboxd::sink::SinkKind::Redis;
+        config.redis.url = url.clone();
+        if args.redis.redis_mode == "bullmq" {
+            config.redis.mode = outboxd::config::RedisMode::Bullmq;
+        }
+        config.redis.bullmq_prefix = args.redis.redis_prefix.clone();
+        config.routing.topic = format!("{}.outbox.event.${{aggregatetype}}", args.redis.redis_prefix);
+    }
     config.checkpoint.path = state.join("checkpoint");
     config.admin.listen = String::new();
     config
@@ -275,6 +314,16 @@ impl Running {
             ]);
         if let Some(brokers) = &args.brokers {
             command.args(["--brokers", brokers]);
+        }
+        if let Some(url) = &args.rabbitmq {
+            command.args(["--rabbitmq", url]);
+        }
+        if let Some(exchange) = &args.exchange {
+            command.args(["--exchange", exchange]);
+        }
+        if let Some(url) = &args.redis.redis_url {
+            command.args(["--redis-url", url, "--redis-mode", &args.redis.redis_mode]);
+            command.args(["--redis-prefix", &args.redis.redis_prefix]);
         }
         command.args(["--runtime", args.runtime.name()]);
         if let Some(end) = args.end_lsn {

@@ -18,9 +18,18 @@
 //!    full pipeline runs: commit→ack latency (see `steady.rs` for clocks);
 //! 5. **huge transaction**: one transaction of N/10 and of N rows through the
 //!    full pipeline, with outboxd's peak RSS;
-//! 6. with `--rabbitmq URL`, **the RabbitMQ ceiling**: a bare lapin publisher
+//! 6. with `--rabbitmq URL`, **RabbitMQ**: the full pipeline into a
+//!    uniquely named exchange with a queue bound with `#` on that broker,
+//!    and in the same round **the RabbitMQ ceiling**: a bare lapin publisher
 //!    in confirm mode publishing as many messages of the backlog's size, with
-//!    the sink's window, on the same broker (see `rabbitmq.rs`).
+//!    the sink's window, on the same broker (see `rabbitmq.rs`); the
+//!    pipeline's row notes its ratio to the ceiling and to the slower of
+//!    the ceiling and `pg_recvlogical`. The steady load runs into RabbitMQ
+//!    too.
+//! 7. with `--redis URL`, **the full pipeline into Redis**, Streams mode and
+//!    BullMQ mode, and **the Redis ceiling**: a bare `XADD` pipeline of the
+//!    backlog's entries with the sink's window on the same server (see
+//!    `redis.rs`).
 //!
 //! Every outboxd consumer runs in a child process (`outboxd-bench consume`,
 //! hidden) so its CPU seconds and peak RSS are its own; the mock Kafka
@@ -34,6 +43,7 @@
 mod backlog;
 mod consumer;
 mod rabbitmq;
+mod redis;
 mod reference;
 mod report;
 mod steady;
@@ -101,6 +111,11 @@ struct Cli {
     /// published by a bare lapin publisher in confirm mode (the ceiling).
     #[arg(long)]
     rabbitmq: Option<String>,
+    /// Also run the Redis scenarios against this server (`redis://127.0.0.1:6379`):
+    /// the full pipeline in Streams and in BullMQ mode, and a bare XADD
+    /// pipeline (the ceiling), each under its own key prefix, removed after.
+    #[arg(long)]
+    redis: Option<String>,
     /// Also write the results as JSON to this file (`-` for stdout, after the table).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -110,7 +125,7 @@ struct Cli {
 enum Internal {
     /// Runs one outboxd consumer and prints its figures as JSON (used by the benchmark itself).
     #[command(hide = true)]
-    Consume(ConsumeArgs),
+    Consume(Box<ConsumeArgs>),
     /// Runs librdkafka's mock cluster with the outbox topic until killed,
     /// printing its bootstrap servers (to profile a consumer by hand).
     #[command(hide = true)]
@@ -124,8 +139,10 @@ enum Scenario {
     Pipeline,
     Steady,
     Huge,
-    /// The bare lapin publisher (with `--rabbitmq`).
+    /// The bare lapin publisher (with `--rabbitmq`), the bare XADD pipeline (with `--redis`).
     Ceiling,
+    /// The full pipeline into RabbitMQ (with `--rabbitmq`).
+    RabbitPipeline,
 }
 
 fn main() -> ExitCode {
@@ -144,7 +161,7 @@ fn main() -> ExitCode {
         .and_then(|runtime| {
             runtime.block_on(async {
                 match cli.command {
-                    Some(Internal::Consume(ref args)) => consumer::consume(args.clone(), started).await,
+                    Some(Internal::Consume(ref args)) => consumer::consume((**args).clone(), started).await,
                     Some(Internal::MockKafka) => {
                         let kafka = mock_kafka()?;
                         println!("{}", kafka.bootstrap_servers());
@@ -207,6 +224,24 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
             if let (Some(url), true) = (&cli.rabbitmq, runs(Scenario::Ceiling)) {
                 round_plan.push(Consumer::RabbitCeiling(url.clone()));
             }
+            if let (Some(url), true) = (&cli.rabbitmq, runs(Scenario::RabbitPipeline)) {
+                round_plan.extend(
+                    cli.runtime
+                        .iter()
+                        .map(|&rt| Consumer::RabbitPipeline(rt, url.clone())),
+                );
+            }
+            if let Some(url) = &cli.redis {
+                if runs(Scenario::Pipeline) {
+                    for mode in [redis::Mode::Streams, redis::Mode::BullMq] {
+                        round_plan.push(Consumer::RedisPipeline(url.clone(), mode));
+                    }
+                }
+                if runs(Scenario::Ceiling) {
+                    round_plan.push(Consumer::RedisCeiling(url.clone(), false));
+                    round_plan.push(Consumer::RedisCeiling(url.clone(), true));
+                }
+            }
             if round % 2 == 1 {
                 round_plan.reverse();
             }
@@ -226,7 +261,7 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
             &bench.cluster,
             Arc::clone(&bench.catalog),
             &slot,
-            kafka.bootstrap_servers(),
+            steady::Target::Kafka(kafka.bootstrap_servers()),
             cli.rate,
             Duration::from_secs(cli.duration),
             cli.connections,
@@ -240,6 +275,39 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
         row.note = format!("offered {}/s, achieved {achieved:.0}/s", cli.rate);
         rows.push(row);
         backlog::drop_slots(&bench.loader, std::slice::from_ref(&slot)).await?;
+
+        if let Some(url) = &cli.rabbitmq {
+            eprintln!(
+                "steady load into rabbitmq: {} events/s for {} s",
+                cli.rate, cli.duration
+            );
+            backlog::reset(&bench.loader).await?;
+            let slot = "steady_rabbitmq".to_owned();
+            backlog::create_slots(&bench.loader, std::slice::from_ref(&slot)).await?;
+            let destination = rabbitmq::Destination::create(url, "steady", 100_000).await?;
+            let result = steady::steady(
+                &bench.cluster,
+                Arc::clone(&bench.catalog),
+                &slot,
+                steady::Target::RabbitMq {
+                    url: url.clone(),
+                    exchange: destination.exchange.clone(),
+                },
+                cli.rate,
+                Duration::from_secs(cli.duration),
+                cli.connections,
+            )
+            .await;
+            destination.remove().await?;
+            let (report, achieved) = result?;
+            let mut row = Row::new(
+                format!("steady load {}/s, tx of 1: outboxd, rabbitmq", cli.rate),
+                report,
+            );
+            row.note = format!("offered {}/s, achieved {achieved:.0}/s", cli.rate);
+            rows.push(row);
+            backlog::drop_slots(&bench.loader, std::slice::from_ref(&slot)).await?;
+        }
     }
 
     if runs(Scenario::Huge) {
@@ -293,6 +361,13 @@ enum Consumer {
     Pipeline(Runtime, Option<String>),
     /// A bare lapin publisher into this RabbitMQ (no Postgres involved).
     RabbitCeiling(String),
+    /// The full pipeline into this RabbitMQ.
+    RabbitPipeline(Runtime, String),
+    /// `outboxd::run` into this Redis (multi-thread runtime).
+    RedisPipeline(String, redis::Mode),
+    /// A bare XADD pipeline into this Redis (no Postgres involved), or
+    /// (`true`) the same through the sink's idempotent append script.
+    RedisCeiling(String, bool),
 }
 
 impl Consumer {
@@ -302,7 +377,9 @@ impl Consumer {
             Consumer::Decode(_) => "decode",
             Consumer::Pipeline(_, None) => "pipeline",
             Consumer::Pipeline(_, Some(_)) => "broker",
-            Consumer::RabbitCeiling(_) => "ceiling",
+            Consumer::RabbitCeiling(_) | Consumer::RedisCeiling(..) => "ceiling",
+            Consumer::RabbitPipeline(..) => "rabbitmq",
+            Consumer::RedisPipeline(..) => "redis",
         }
     }
 
@@ -322,6 +399,10 @@ impl Consumer {
                 format!("outboxd full pipeline, kafka {brokers}{}", runtime(rt))
             }
             Consumer::RabbitCeiling(_) => "bare lapin publisher, confirms (rabbitmq ceiling)".to_owned(),
+            Consumer::RabbitPipeline(rt, _) => format!("outboxd full pipeline, rabbitmq{}", runtime(rt)),
+            Consumer::RedisPipeline(_, mode) => format!("outboxd full pipeline, redis {}", mode.name()),
+            Consumer::RedisCeiling(_, false) => "bare XADD pipeline (redis ceiling)".to_owned(),
+            Consumer::RedisCeiling(_, true) => "bare pipeline of the append script (no outboxd)".to_owned(),
         }
     }
 }
@@ -354,7 +435,9 @@ impl Bench {
         let runtimes = plan.iter().any(|c| {
             matches!(
                 c,
-                Consumer::Decode(Runtime::CurrentThread) | Consumer::Pipeline(Runtime::CurrentThread, _)
+                Consumer::Decode(Runtime::CurrentThread)
+                    | Consumer::Pipeline(Runtime::CurrentThread, _)
+                    | Consumer::RabbitPipeline(Runtime::CurrentThread, _)
             )
         });
         backlog::reset(&self.loader).await?;
@@ -402,6 +485,45 @@ impl Bench {
                     note = format!("{}-byte bodies, window {window}", body.len());
                     report?
                 }
+                Consumer::RabbitPipeline(runtime, url) => {
+                    let destination = rabbitmq::Destination::create(url, "pipeline", 100_000).await?;
+                    let mut args = self.drain_args(Mode::Pipeline, *runtime, slot, None, backlog);
+                    args.rabbitmq = Some(url.clone());
+                    args.exchange = Some(destination.exchange.clone());
+                    let report = consumer::run(&args, Arc::clone(&self.catalog)).await;
+                    destination.remove().await?;
+                    report?
+                }
+                Consumer::RedisPipeline(url, mode) => {
+                    let destination = redis::Destination::new(url, mode.name())?;
+                    let mut args = self.drain_args(Mode::Pipeline, Runtime::MultiThread, slot, None, backlog);
+                    args.redis = consumer::RedisArgs {
+                        redis_url: Some(url.clone()),
+                        redis_mode: mode.name().to_owned(),
+                        redis_prefix: destination.prefix.clone(),
+                    };
+                    let report = consumer::run(&args, Arc::clone(&self.catalog)).await;
+                    let written = destination.written(*mode).await;
+                    destination.remove().await?;
+                    let (report, written) = (report?, written?);
+                    anyhow::ensure!(
+                        written == backlog.rows,
+                        "redis {}: {written} records in redis after the drain, expected {}",
+                        mode.name(),
+                        backlog.rows
+                    );
+                    note = format!("{written} in redis");
+                    report
+                }
+                Consumer::RedisCeiling(url, script) => {
+                    let body = sample_payload(&self.loader).await?;
+                    let window = sink_redis::defaults::MAX_IN_FLIGHT;
+                    let destination = redis::Destination::new(url, "ceiling")?;
+                    let report = redis::ceiling(&destination, backlog.rows, &body, window, *script).await;
+                    destination.remove().await?;
+                    note = format!("{}-byte payloads, window {window}", body.len());
+                    report?
+                }
             };
             let mut row = Row::new(scenario, report);
             row.note = note;
@@ -412,7 +534,11 @@ impl Bench {
             out.push(row);
         }
         backlog::drop_slots(&self.loader, &slots).await?;
-        out.extend(medians(&out));
+        compare_with_ceiling(&mut out);
+        compare_with_redis_ceiling(&mut out);
+        let mut medians = medians(&out);
+        compare_with_ceiling(&mut medians);
+        out.extend(medians);
         Ok(out)
     }
 
@@ -430,11 +556,71 @@ impl Bench {
             postgres_url: self.cluster.url("postgres", "postgres"),
             slot: slot.to_owned(),
             brokers,
+            rabbitmq: None,
+            exchange: None,
             rows: backlog.rows,
             end_lsn: Some(backlog.end),
             runtime,
             timeout: 3600,
+            redis: consumer::RedisArgs::default(),
         }
+    }
+}
+
+/// Notes on each RabbitMQ pipeline row its ratio to the bare publisher's
+/// ceiling row nearest to it (the same round; for a median, the ceiling's
+/// median), and to the
+/// slower of that ceiling and the reference: the target is 90 % of the
+/// slower of the two.
+fn compare_with_ceiling(rows: &mut [Row]) {
+    let ceilings: Vec<(usize, f64)> = rows
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.scenario.contains("bare lapin publisher"))
+        .map(|(i, r)| (i, r.eps()))
+        .collect();
+    for (i, row) in rows.iter_mut().enumerate() {
+        if !row.scenario.contains("outboxd full pipeline, rabbitmq") {
+            continue;
+        }
+        let Some(&(_, ceiling)) = ceilings.iter().min_by_key(|(at, _)| at.abs_diff(i)) else {
+            continue;
+        };
+        let slower = row
+            .reference_eps
+            .map_or(ceiling, |reference| reference.min(ceiling));
+        let note = format!(
+            "{:.0}% of the ceiling, {:.0}% of the slower of ceiling and reference",
+            row.eps() / ceiling * 100.0,
+            row.eps() / slower * 100.0
+        );
+        row.note = note;
+    }
+}
+
+/// Notes on each Redis pipeline run its share of the median bare XADD
+/// ceiling of the same backlog.
+fn compare_with_redis_ceiling(rows: &mut [Row]) {
+    let ceiling = Consumer::RedisCeiling(String::new(), false).label(false);
+    let mut ceilings: Vec<f64> = rows
+        .iter()
+        .filter(|r| r.scenario.starts_with(&ceiling))
+        .map(Row::eps)
+        .collect();
+    if ceilings.is_empty() {
+        return;
+    }
+    ceilings.sort_by(f64::total_cmp);
+    let median = ceilings[ceilings.len() / 2];
+    for row in rows
+        .iter_mut()
+        .filter(|r| r.scenario.starts_with("outboxd full pipeline, redis"))
+    {
+        row.note = format!(
+            "{}; {:.0}% of the XADD ceiling",
+            row.note,
+            row.eps() / median * 100.0
+        );
     }
 }
 

@@ -1,9 +1,9 @@
 //! Steady load: an application inserts outbox rows at a fixed rate, one
 //! event per transaction (`synchronous_commit=on`, as applications run),
-//! while outboxd streams them into Kafka. Latency is commit→ack: from the
+//! while outboxd streams them into Kafka or RabbitMQ. Latency is commit→ack: from the
 //! commit timestamp in the transaction's pgoutput Commit message (the
 //! server's clock) to the moment outboxd's `AckTracker` confirmed the
-//! transaction after the delivery report of its last record (outboxd's
+//! transaction after the delivery report (or publisher confirm) of its last record (outboxd's
 //! system clock). Server and outboxd run on this machine: one clock.
 
 use std::sync::Arc;
@@ -52,27 +52,43 @@ async fn application(
     Ok((total, started.elapsed().as_secs_f64()))
 }
 
+/// Where the steady load is delivered.
+#[derive(Debug, Clone)]
+pub(crate) enum Target {
+    /// Kafka at these bootstrap servers.
+    Kafka(String),
+    /// RabbitMQ at this URL, to this exchange.
+    RabbitMq { url: String, exchange: String },
+}
+
 /// Runs the steady-load scenario on `slot` (created, idle) with outboxd in a
-/// child process; `brokers` is the Kafka to deliver to.
+/// child process delivering to `target`.
 pub(crate) async fn steady(
     cluster: &PgCluster,
     catalog: Arc<tokio_postgres::Client>,
     slot: &str,
-    brokers: String,
+    target: Target,
     rate: u64,
     duration: Duration,
     connections: u64,
 ) -> anyhow::Result<(Report, f64)> {
     let total = (rate as f64 * duration.as_secs_f64()).round() as u64;
+    let (brokers, rabbitmq, exchange) = match target {
+        Target::Kafka(brokers) => (Some(brokers), None, None),
+        Target::RabbitMq { url, exchange } => (None, Some(url), Some(exchange)),
+    };
     let args = ConsumeArgs {
         mode: Mode::Steady,
         postgres_url: cluster.url("postgres", "postgres"),
         slot: slot.to_owned(),
-        brokers: Some(brokers),
+        brokers,
+        rabbitmq,
+        exchange,
         rows: total,
         end_lsn: None,
         timeout: duration.as_secs() + 120,
         runtime: Runtime::MultiThread,
+        redis: consumer::RedisArgs::default(),
     };
     let running = consumer::Running::start(&args, Arc::clone(&catalog)).await?;
     // Start inserting once outboxd streams (its walsender is up), then give

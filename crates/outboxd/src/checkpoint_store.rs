@@ -137,7 +137,7 @@ fn qualified_table(table: &str) -> String {
 impl CheckpointTable {
     async fn client(&self) -> anyhow::Result<tokio::sync::MutexGuard<'_, Option<Client>>> {
         let mut guard = self.client.lock().await;
-        if guard.as_ref().map_or(true, Client::is_closed) {
+        if guard.as_ref().is_none_or(Client::is_closed) {
             let client = self
                 .connection
                 .connect_catalog()

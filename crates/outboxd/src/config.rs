@@ -16,6 +16,7 @@ use outbox_core::{
 use pg_replication::{OutboxTable, ReplicationConfig, StreamConfig};
 use serde::Deserialize;
 use sink_kafka::KafkaConfig;
+use sink_rabbitmq::{ExchangeType, RabbitConfig};
 use sink_redis::RedisConfig;
 
 use crate::checkpoint_store::StoreKind;
@@ -37,6 +38,8 @@ pub struct Config {
     pub kafka: KafkaSection,
     /// Redis (`[sink] kind = "redis"`).
     pub redis: RedisSection,
+    /// RabbitMQ (`[sink] kind = "rabbitmq"`).
+    pub rabbitmq: RabbitSection,
     /// outboxd's own record of the last delivered position.
     pub checkpoint: CheckpointConfig,
     /// Logging.
@@ -391,8 +394,8 @@ pub struct KafkaSection {
     pub dead_letter_topic: String,
     /// How long a shutdown waits for outstanding deliveries, in milliseconds.
     pub drain_timeout_ms: u64,
-    /// librdkafka properties passed through (TLS, SASL, compression, linger,
-    /// batch size, queue limits, …); unsafe overrides are refused.
+    /// The Kafka client's properties passed through (TLS, SASL, compression,
+    /// linger, batch size, queue limits, …); unsafe overrides are refused.
     pub properties: BTreeMap<String, String>,
 }
 
@@ -495,6 +498,105 @@ impl std::fmt::Debug for RedisSection {
     }
 }
 
+/// `[rabbitmq]`: the RabbitMQ sink (AMQP 0-9-1, publisher confirms,
+/// `mandatory`). Unset keys take the sink's defaults (`sink_rabbitmq`).
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RabbitSection {
+    /// `amqp://user:password@host:5672/vhost` (the vhost URL-encoded, `%2f`
+    /// for `/`), `amqps://` for TLS. Prefer `OUTBOXD_RABBITMQ_URL` or
+    /// `password_file` for the password.
+    pub url: String,
+    /// A file whose first line is the password (replaces the URL's).
+    pub password_file: Option<PathBuf>,
+    /// The exchange, or a template with `${aggregatetype}` / `${type}`
+    /// (`outboxd setup` declares a fixed one).
+    pub exchange: String,
+    /// The exchange's type as `setup` declares it and `check` expects it:
+    /// `topic` (default), `direct`, `fanout`, or `x-consistent-hash` (per-key
+    /// parallelism: plugin `rabbitmq_consistent_hash_exchange`, hashing the
+    /// `aggregateid` header).
+    pub exchange_type: RabbitExchangeType,
+    /// The routing-key template (`${aggregatetype}`, `${type}`); without
+    /// placeholders every record has that one key. `routing.topic_column`,
+    /// when set, supplies the key instead.
+    pub routing_key: String,
+    /// Records published and not yet confirmed (default 1024).
+    pub max_in_flight: Option<usize>,
+    /// Body bytes published and not yet confirmed (default 32 MiB).
+    pub max_in_flight_bytes: Option<usize>,
+    /// Larger bodies are refused for good without reaching the broker
+    /// (default 128 MiB, RabbitMQ's own `max_message_size`).
+    pub max_message_bytes: Option<usize>,
+    /// A PEM file of CA certificates trusted for `amqps://` (besides the
+    /// system's).
+    pub ca_file: Option<PathBuf>,
+    /// The management HTTP API (`host:port`; default the broker's host,
+    /// port 15672): `check` reads the exchange's type and bindings there.
+    pub management: Option<String>,
+}
+
+/// `[rabbitmq] exchange_type`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RabbitExchangeType {
+    /// `topic`.
+    #[default]
+    Topic,
+    /// `direct`.
+    Direct,
+    /// `fanout`.
+    Fanout,
+    /// `x-consistent-hash`.
+    XConsistentHash,
+}
+
+impl RabbitExchangeType {
+    /// The sink's exchange type.
+    pub fn kind(self) -> ExchangeType {
+        match self {
+            RabbitExchangeType::Topic => ExchangeType::Topic,
+            RabbitExchangeType::Direct => ExchangeType::Direct,
+            RabbitExchangeType::Fanout => ExchangeType::Fanout,
+            RabbitExchangeType::XConsistentHash => ExchangeType::ConsistentHash,
+        }
+    }
+}
+
+impl Default for RabbitSection {
+    fn default() -> Self {
+        RabbitSection {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            password_file: None,
+            exchange: sink_rabbitmq::DEFAULT_EXCHANGE.into(),
+            exchange_type: RabbitExchangeType::Topic,
+            routing_key: sink_rabbitmq::DEFAULT_ROUTING_KEY.into(),
+            max_in_flight: None,
+            max_in_flight_bytes: None,
+            max_message_bytes: None,
+            ca_file: None,
+            management: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for RabbitSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitSection")
+            .field("url", &redact_url(&self.url))
+            .field("password_file", &self.password_file)
+            .field("exchange", &self.exchange)
+            .field("exchange_type", &self.exchange_type)
+            .field("routing_key", &self.routing_key)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("max_in_flight_bytes", &self.max_in_flight_bytes)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("ca_file", &self.ca_file)
+            .field("management", &self.management)
+            .finish()
+    }
+}
+
 /// `[checkpoint]`
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -562,6 +664,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("OUTBOXD_KAFKA_ON_PERMANENT_ERROR", "kafka.on_permanent_error"),
     ("OUTBOXD_KAFKA_DEAD_LETTER_TOPIC", "kafka.dead_letter_topic"),
     ("OUTBOXD_REDIS_URL", "redis.url"),
+    ("OUTBOXD_RABBITMQ_URL", "rabbitmq.url"),
+    ("OUTBOXD_RABBITMQ_PASSWORD_FILE", "rabbitmq.password_file"),
+    ("OUTBOXD_RABBITMQ_EXCHANGE", "rabbitmq.exchange"),
+    ("OUTBOXD_RABBITMQ_ROUTING_KEY", "rabbitmq.routing_key"),
     ("OUTBOXD_CHECKPOINT_PATH", "checkpoint.path"),
     ("OUTBOXD_CHECKPOINT_STORE", "checkpoint.store"),
     ("OUTBOXD_LOG_FORMAT", "log.format"),
@@ -628,6 +734,10 @@ impl Config {
                 "OUTBOXD_SINK_DEAD_LETTER" => self.sink.dead_letter = Some(value),
                 "OUTBOXD_KAFKA_DEAD_LETTER_TOPIC" => self.kafka.dead_letter_topic = value,
                 "OUTBOXD_REDIS_URL" => self.redis.url = value,
+                "OUTBOXD_RABBITMQ_URL" => self.rabbitmq.url = value,
+                "OUTBOXD_RABBITMQ_PASSWORD_FILE" => self.rabbitmq.password_file = Some(value.into()),
+                "OUTBOXD_RABBITMQ_EXCHANGE" => self.rabbitmq.exchange = value,
+                "OUTBOXD_RABBITMQ_ROUTING_KEY" => self.rabbitmq.routing_key = value,
                 "OUTBOXD_CHECKPOINT_PATH" => self.checkpoint.path = value.into(),
                 "OUTBOXD_CHECKPOINT_STORE" => {
                     self.checkpoint.store = match value.as_str() {
@@ -744,14 +854,20 @@ impl Config {
         fields
     }
 
-    /// The routing rules.
+    /// The routing rules: each record's destination name (a topic, a stream,
+    /// a routing key) from `routing.topic_column`, else the template of the
+    /// sink (`rabbitmq.routing_key` for RabbitMQ, `routing.topic` otherwise).
     pub fn routing(&self) -> anyhow::Result<Routing> {
+        let template = match self.sink.kind {
+            SinkKind::RabbitMq => &self.rabbitmq.routing_key,
+            SinkKind::Kafka | SinkKind::Redis => &self.routing.topic,
+        };
         let rule = if self.routing.topic_column.is_some() {
             TopicRule::Column
-        } else if self.routing.topic.contains("${") {
-            TopicRule::Template(self.routing.topic.clone())
+        } else if template.contains("${") {
+            TopicRule::Template(template.clone())
         } else {
-            TopicRule::Fixed(self.routing.topic.clone())
+            TopicRule::Fixed(template.clone())
         };
         let encoding = match self.routing.payload_encoding {
             PayloadEncodingConfig::Raw => PayloadEncoding::Raw,
@@ -807,7 +923,7 @@ impl Config {
         match (&self.sink.dead_letter, self.sink.kind) {
             (Some(destination), _) => destination.clone(),
             (None, SinkKind::Kafka) => self.kafka.dead_letter_topic.clone(),
-            (None, SinkKind::Redis) => "outboxd.dlq".into(),
+            (None, SinkKind::Redis | SinkKind::RabbitMq) => "outboxd.dlq".into(),
         }
     }
 
@@ -855,6 +971,32 @@ impl Config {
         Ok(config)
     }
 
+    /// The checked RabbitMQ sink settings (password file and CA file read).
+    pub fn rabbitmq(&self) -> anyhow::Result<RabbitConfig> {
+        let r = &self.rabbitmq;
+        let mut config = RabbitConfig::new(&r.url).context("rabbitmq.url")?;
+        if let Some(path) = &r.password_file {
+            config = config.password_file(path).context("rabbitmq.password_file")?;
+        }
+        config = config.exchange(&r.exchange).context("rabbitmq.exchange")?;
+        if let Some(records) = r.max_in_flight {
+            config = config.max_in_flight(records).context("rabbitmq.max_in_flight")?;
+        }
+        if let Some(bytes) = r.max_in_flight_bytes {
+            config = config.max_in_flight_bytes(bytes);
+        }
+        if let Some(bytes) = r.max_message_bytes {
+            config = config.max_message_bytes(bytes);
+        }
+        if let Some(path) = &r.ca_file {
+            config = config.ca_file(path).context("rabbitmq.ca_file")?;
+        }
+        if let Some(address) = &r.management {
+            config = config.management(address);
+        }
+        Ok(config)
+    }
+
     /// Checks everything that can be checked without connecting.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.replication()?;
@@ -866,6 +1008,21 @@ impl Config {
             }
             SinkKind::Redis => {
                 self.redis()?;
+            }
+            SinkKind::RabbitMq => {
+                self.rabbitmq()?;
+                if self.routing.topic != RoutingConfig::default().topic {
+                    bail!(
+                        "routing.topic is set, but with [sink] kind = \"rabbitmq\" records are routed by \
+                         rabbitmq.exchange and rabbitmq.routing_key: move the template to rabbitmq.routing_key"
+                    );
+                }
+                let key = &self.rabbitmq.routing_key;
+                if !key.contains("${") {
+                    if let Err(rule) = self.sink.kind.names().check(key) {
+                        bail!("rabbitmq.routing_key {key:?} is not a valid routing key ({rule})");
+                    }
+                }
             }
         }
         if !(MIN_BUFFER_BYTES..=MAX_BUFFER_BYTES).contains(&self.postgres.buffer_bytes) {
@@ -1115,5 +1272,67 @@ mod tests {
             format!("{err:#}").contains("(key kind): unknown variant"),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn rabbitmq_settings_come_from_the_file_and_the_environment() {
+        let mut config = Config::from_toml(
+            "[sink]\nkind = \"rabbitmq\"\n[rabbitmq]\nurl = \"amqp://app:hunter2@mq:5672/prod\"\n\
+             max_in_flight = 64\nexchange_type = \"x-consistent-hash\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.sink.kind, SinkKind::RabbitMq);
+        assert_eq!(config.rabbitmq.exchange_type.kind(), ExchangeType::ConsistentHash);
+        assert!(!format!("{config:?}").contains("hunter2"));
+        let rabbit = config.rabbitmq().unwrap();
+        assert_eq!(rabbit.window(), 64);
+        assert_eq!(rabbit.vhost(), "prod");
+        assert_eq!(rabbit.exchange_template().as_str(), "outbox");
+        config
+            .apply_env([
+                (
+                    "OUTBOXD_RABBITMQ_URL".to_owned(),
+                    "amqp://u:p@other:5673/%2f".to_owned(),
+                ),
+                ("OUTBOXD_RABBITMQ_EXCHANGE".to_owned(), "events".to_owned()),
+                (
+                    "OUTBOXD_RABBITMQ_ROUTING_KEY".to_owned(),
+                    "${aggregatetype}".to_owned(),
+                ),
+            ])
+            .unwrap();
+        let rabbit = config.rabbitmq().unwrap();
+        assert_eq!(rabbit.host(), "other");
+        assert_eq!(rabbit.exchange_template().as_str(), "events");
+        // The routing key template, not routing.topic, names each record's destination.
+        assert_eq!(
+            config.routing().unwrap(),
+            Routing::new(TopicRule::Template("${aggregatetype}".into()), false)
+                .unwrap()
+                .with_names(crate::sink::rabbitmq::NAMES)
+        );
+        assert_eq!(config.dead_letter(), "outboxd.dlq");
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn rabbitmq_refuses_a_topic_template_and_a_bad_exchange_name() {
+        let topic =
+            Config::from_toml("[sink]\nkind = \"rabbitmq\"\n[routing]\ntopic = \"events\"\n").unwrap();
+        let err = topic.validate().unwrap_err();
+        assert!(format!("{err:#}").contains("rabbitmq.routing_key"), "{err:#}");
+        let exchange =
+            Config::from_toml("[sink]\nkind = \"rabbitmq\"\n[rabbitmq]\nexchange = \"no spaces\"\n").unwrap();
+        let err = exchange.validate().unwrap_err();
+        assert!(
+            format!("{err:#}").contains("not a valid exchange name"),
+            "{err:#}"
+        );
+        let long = Config::from_toml(&format!(
+            "[sink]\nkind = \"rabbitmq\"\n[rabbitmq]\nrouting_key = \"{}\"\n",
+            "k".repeat(256)
+        ))
+        .unwrap();
+        assert!(long.validate().is_err(), "a 256-byte routing key");
     }
 }

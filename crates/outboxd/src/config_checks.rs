@@ -127,21 +127,31 @@ fn check_topic(key: &str, topic: &str) -> anyhow::Result<()> {
 /// files other users can read, topics created from row data.
 pub(crate) fn warnings(config: &Config, config_file: Option<&Path>) -> Vec<String> {
     let mut warnings = Vec::new();
-    if let Some(path) = &config.postgres.password_file {
+    let password_files = [
+        ("postgres.password_file", &config.postgres.password_file),
+        ("rabbitmq.password_file", &config.rabbitmq.password_file),
+    ];
+    for (key, path) in password_files {
+        let Some(path) = path else { continue };
         if let Some(mode) = group_or_other_access(path) {
             warnings.push(format!(
-                "postgres.password_file {} is accessible to other users (mode {mode:o}): chmod 600 it",
+                "{key} {} is accessible to other users (mode {mode:o}): chmod 600 it",
                 path.display()
             ));
         }
     }
     if let Some(path) = config_file {
+        let rabbitmq_password = config.sink.kind == SinkKind::RabbitMq
+            && config.rabbitmq.url != crate::config::RabbitSection::default().url
+            && redact(&config.rabbitmq.url) != config.rabbitmq.url;
         let holds_secret = redact(&config.postgres.url) != config.postgres.url
-            || config.kafka.properties.keys().any(|k| !may_show(k));
+            || config.kafka.properties.keys().any(|k| !may_show(k))
+            || rabbitmq_password;
         if holds_secret {
             if let Some(mode) = group_or_other_access(path) {
                 warnings.push(format!(
-                    "the config file {} holds secrets (a password in postgres.url or a secret kafka property) \
+                    "the config file {} holds secrets (a password in postgres.url or rabbitmq.url, or a secret \
+                     kafka property) \
                      and is accessible to other users (mode {mode:o}): chmod 600 it, or move the secrets to \
                      OUTBOXD_POSTGRES_URL and postgres.password_file",
                     path.display()
@@ -162,15 +172,18 @@ pub(crate) const ROWS_CREATE_TOPICS: &str =
 pub(crate) const ROWS_CREATE_TOPICS_FIX: &str = "create the topics beforehand and set \
      kafka.properties.\"allow.auto.create.topics\" = \"false\" (or auto.create.topics.enable=false on the broker)";
 
-/// Topics come from row data (a template or a column) and librdkafka's
+/// Topics come from row data (a template or a column) and the Kafka
 /// producer may ask the broker to create them (its default).
 pub(crate) fn rows_may_create_topics(config: &Config) -> bool {
+    if config.sink.kind != SinkKind::Kafka {
+        return false;
+    }
     let topic_from_rows = config.routing.topic_column.is_some() || config.routing.topic.contains("${");
     let auto_create = config
         .kafka
         .properties
         .get("allow.auto.create.topics")
-        .map_or(true, |v| v.trim() != "false");
+        .is_none_or(|v| v.trim() != "false");
     topic_from_rows && auto_create
 }
 

@@ -34,6 +34,9 @@ pub struct DemoOptions {
     pub partitions: i32,
     /// The broker.
     pub sink: SinkKind,
+    /// The loaded configuration: the demo reaches a broker it does not
+    /// start (Redis, RabbitMQ) at its configured URL.
+    pub settings: Config,
 }
 const SHOP_SCHEMA: &str = "create table orders (id bigserial primary key, customer text not null, \
                            status text not null, amount_cents bigint not null)";
@@ -45,7 +48,7 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<()> {
         DemoBroker::summary(options.sink)
     );
     // The broker first: a missing one is reported before anything is started.
-    let broker = DemoBroker::start(options.sink, options.partitions).await?;
+    let broker = DemoBroker::start(options.sink, options.partitions, &options.settings).await?;
     let cluster = tokio::task::spawn_blocking(PgCluster::start)
         .await?
         .context("cannot start a throwaway PostgreSQL cluster (the demo needs the PostgreSQL server binaries: apt-get install postgresql)")?;
@@ -70,9 +73,10 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<()> {
     for line in setup(&config, true).await? {
         println!("setup      {line}");
     }
+    let (lane, width) = broker.lane();
     println!(
-        "\n{:<10} {:>4} {:<14} {:>12} {:>6}  id",
-        "key", "lane", "type", "lsn", "index"
+        "\n{:<10} {:>width$} {:<14} {:>12} {:>6}  id",
+        "key", lane, "type", "lsn", "index"
     );
 
     // Stop on Ctrl-C, or when --events have been inserted and delivered.

@@ -88,7 +88,7 @@ pub async fn acquire(
     let mut standby = false;
     let mut client: Option<Client> = None;
     loop {
-        if client.as_ref().map_or(true, Client::is_closed) {
+        if client.as_ref().is_none_or(Client::is_closed) {
             client = match config.connect_catalog().await {
                 Ok(c) => Some(c),
                 Err(err) => {

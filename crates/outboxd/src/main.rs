@@ -19,7 +19,7 @@ use tracing_subscriber::EnvFilter;
 #[command(
     name = "outboxd",
     version,
-    about = "Streams transactional-outbox rows from PostgreSQL to Kafka"
+    about = "Streams transactional-outbox rows from PostgreSQL to Kafka, RabbitMQ or Redis"
 )]
 struct Cli {
     /// The TOML config file (see outboxd.example.toml); OUTBOXD_* variables and flags override it.
@@ -40,13 +40,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Stream the outbox to Kafka until SIGTERM/SIGINT.
+    /// Stream the outbox to the configured broker until SIGTERM/SIGINT.
     Run {
         /// Start at this saved position instead of the checkpoint (not older than the slot).
         #[arg(long)]
         start_lsn: Option<Lsn>,
     },
-    /// Check PostgreSQL and Kafka for everything outboxd needs; exit code 1 on any failure.
+    /// Check PostgreSQL and the broker for everything outboxd needs; exit code 1 on any failure.
     Check,
     /// Slot, checkpoint, lag, retained WAL and the replay window.
     Status,
@@ -58,20 +58,22 @@ enum Command {
         /// Stop before transactions committed at or after this LSN (default: the end of WAL now).
         #[arg(long)]
         to: Option<Lsn>,
-        /// Publish to this topic instead of the routed ones.
+        /// Publish to this topic (RabbitMQ: routing key; Redis: stream) instead of the routed ones.
         #[arg(long)]
         topic_override: Option<String>,
         /// List what would be re-published; publish nothing.
         #[arg(long)]
         dry_run: bool,
     },
-    /// Create the publication and the slot (and the outbox table with --create-table); idempotent.
+    /// Create the publication, the slot and the RabbitMQ exchange (and the outbox table with
+    /// --create-table); idempotent.
     Setup {
         /// Also create missing outbox tables with the default columns.
         #[arg(long)]
         create_table: bool,
     },
-    /// Everything in one process: a throwaway PostgreSQL, an in-process Kafka, a simulated shop.
+    /// A throwaway PostgreSQL, a broker (in-process Kafka, or the machine's RabbitMQ or Redis), a
+    /// simulated shop.
     Demo {
         /// Stop after this many events (default: until Ctrl-C).
         #[arg(long)]
@@ -82,8 +84,9 @@ enum Command {
         /// Partitions of the demo topic (Kafka).
         #[arg(long, default_value_t = 3)]
         partitions: i32,
-        /// The broker: `kafka` (in-process, the default, or `[sink] kind` /
-        /// OUTBOXD_SINK).
+        /// The broker: `kafka` (in-process, the default), `redis` (the machine's, or
+        /// OUTBOXD_REDIS_URL) or `rabbitmq` (the machine's, or OUTBOXD_RABBITMQ_URL);
+        /// default `[sink] kind` / OUTBOXD_SINK.
         #[arg(long, value_parser = parse_sink)]
         sink: Option<SinkKind>,
     },
@@ -135,7 +138,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if matches!(cli.command, Command::Demo { .. }) {
+    let demo_command = matches!(cli.command, Command::Demo { .. });
+    if demo_command {
         // The demo prints its own story; keep the logs to warnings.
         let mut quiet = config.clone();
         quiet.log.level = "warn".into();
@@ -229,13 +233,20 @@ fn main() -> ExitCode {
                     rate,
                     partitions,
                     sink: sink.unwrap_or(config.sink.kind),
+                    settings: config.clone(),
                 })
                 .await
             }
             Command::Config => {
                 config.validate()?;
                 println!("{config:#?}");
-                println!("kafka properties (effective): {:#?}", config.kafka()?.redacted());
+                match config.sink.kind {
+                    SinkKind::Kafka => {
+                        println!("kafka properties (effective): {:#?}", config.kafka()?.redacted())
+                    }
+                    SinkKind::Redis => println!("redis (effective): {:#?}", config.redis()?),
+                    SinkKind::RabbitMq => println!("rabbitmq (effective): {:#?}", config.rabbitmq()?),
+                }
                 Ok(())
             }
         }
@@ -243,7 +254,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!("{err:#}");
+            // The demo talks to a terminal: one line, not a log line too.
+            if !demo_command {
+                tracing::error!("{err:#}");
+            }
             eprintln!("outboxd: {err:#}");
             ExitCode::FAILURE
         }

@@ -589,7 +589,7 @@ impl<S: Sink> Pipeline<S> {
     ) -> Result<(), PipelineError> {
         error!(id = %id, lsn = %position.commit_lsn, index = position.index, error = %error,
                "record cannot be delivered; stopping");
-        if self.failure.as_ref().map_or(true, |f| position < f.position) {
+        if self.failure.as_ref().is_none_or(|f| position < f.position) {
             self.failure = Some(Failure {
                 id,
                 position,

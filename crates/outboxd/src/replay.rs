@@ -118,7 +118,7 @@ pub async fn replay(
     let mut sink = if options.dry_run {
         None
     } else {
-        Some(AnySink::build(config, deliveries_tx)?)
+        Some(AnySink::build(config, deliveries_tx).await?)
     };
     // The service may acknowledge (move the slot) between the check above
     // and the copy: the copy then starts after `--from`, and is refused.

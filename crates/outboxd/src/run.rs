@@ -191,7 +191,9 @@ async fn lead(
     stream_config.identity = Some(identity.clone());
 
     let (deliveries_tx, deliveries) = mpsc::unbounded_channel();
-    let sink = AnySink::build(config, deliveries_tx).map_err(RunError::Setup)?;
+    let sink = AnySink::build(config, deliveries_tx)
+        .await
+        .map_err(RunError::Setup)?;
     // Starting retries while the server is unreachable or the slot is active
     // for another process (a second instance, or the walsender of a killed
     // one): a stop request must still end it at once.

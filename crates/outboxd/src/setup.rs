@@ -1,5 +1,6 @@
-//! `outboxd setup`: the outbox table (when asked), the publication and the
-//! slot. Idempotent: what exists is left alone and reported.
+//! `outboxd setup`: the outbox table (when asked), the publication, the
+//! slot, and what the sink needs declared on its broker (a RabbitMQ
+//! exchange). Idempotent: what exists is left alone and reported.
 
 use anyhow::Context;
 use pg_replication::catalog::{self, SlotCreation};
@@ -142,6 +143,7 @@ pub async fn setup(config: &Config, create_table: bool) -> anyhow::Result<Vec<St
             record_start(&client, config, info.confirmed_flush_lsn, false, &mut done).await?;
         }
     }
+    done.extend(crate::sink::setup(config).await?);
     Ok(done)
 }
 

@@ -116,8 +116,9 @@ impl Broker for BullMq {
         )
     }
 
-    /// What the worker processed: lane = queue, key = the aggregate, value =
-    /// the job data, headers `id` and `type` (the job name).
+    /// What the worker processed: lane = queue, value = the job data, headers
+    /// `id`, `type` (the job name) and `opts.outboxd` (as the worker saw
+    /// `job.opts.outboxd`, JSON).
     fn read(&self, expected: usize) -> Vec<Received> {
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut last = (usize::MAX, Instant::now());
@@ -140,6 +141,7 @@ impl Broker for BullMq {
                 headers: vec![
                     ("id".into(), job["id"].as_str().unwrap().as_bytes().to_vec()),
                     ("type".into(), job["name"].as_str().unwrap().as_bytes().to_vec()),
+                    ("opts.outboxd".into(), job["outboxd"].to_string().into_bytes()),
                 ],
             })
             .collect()
@@ -186,6 +188,22 @@ async fn bullmq_worker_processes_every_job_once_in_aggregate_order_after_kill_9(
         let id = r.header("id").unwrap();
         assert_eq!(r.header("type"), Some("OrderChanged"), "job name = event type");
         *times.entry(id).or_default() += 1;
+        // The record's headers, as a stock worker sees them.
+        let headers: serde_json::Value = serde_json::from_str(r.header("opts.outboxd").unwrap()).unwrap();
+        assert_eq!(headers["id"], id, "job.opts.outboxd: {headers}");
+        assert_eq!(headers["type"], "OrderChanged", "job.opts.outboxd: {headers}");
+        assert!(
+            headers["outboxd.lsn"].as_str().is_some_and(|l| l.contains('/')),
+            "job.opts.outboxd: {headers}"
+        );
+        assert_eq!(
+            headers["aggregateid"].as_str().map(str::to_owned),
+            Some({
+                let (w, a) = aggregate(id, 10);
+                format!("agg-{w}-{a}")
+            }),
+            "job.opts.outboxd: {headers}"
+        );
         let data: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
         let seq = data["seq"].as_u64().expect("job data = the payload");
         match last_seq.insert(aggregate(id, 10), seq) {

@@ -6,6 +6,7 @@ mod bullmq;
 mod check;
 mod config;
 mod conformance;
+mod conformance_rabbitmq;
 mod conformance_redis;
 mod e2e;
 mod failover;

@@ -24,7 +24,7 @@ pub fn decode_bytea_text(text: &[u8]) -> Result<Bytes, InvalidBytea> {
 }
 
 fn decode_hex(hex: &[u8]) -> Result<Bytes, InvalidBytea> {
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return Err(InvalidBytea::OddHexLength(hex.len()));
     }
     let digit = |at: usize| {

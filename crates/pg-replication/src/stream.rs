@@ -418,7 +418,7 @@ async fn watch_publication(
     tick.tick().await;
     loop {
         tick.tick().await;
-        if client.as_ref().map_or(true, |c| c.is_closed()) {
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
             client = config.connection.connect_catalog().await.ok();
         }
         let Some(c) = &client else { continue };

@@ -109,7 +109,7 @@ async fn two_hundred_thousand_row_transaction_streams_in_bounded_memory() {
                 assert_eq!(insert.index, rows);
                 rows += 1;
                 payload_bytes += insert.column("payload").and_then(|v| v.as_text()).unwrap().len() as u64;
-                if rows % 10_000 == 0 {
+                if rows.is_multiple_of(10_000) {
                     peak = peak.max(rss_bytes());
                 }
                 if rows == ROWS / 2 {

@@ -8,7 +8,7 @@ use lapin::tcp::OwnedTLSConfig;
 use lapin::uri::{AMQPScheme, AMQPUri};
 
 use crate::error::ConfigError;
-use crate::template::Template;
+use crate::template::{valid_exchange_name, Template};
 
 /// The default exchange: a durable topic exchange that `outboxd setup` declares.
 pub const DEFAULT_EXCHANGE: &str = "outbox";
@@ -85,7 +85,13 @@ impl RabbitConfig {
     /// The exchange template (`${aggregatetype}`, `${type}`; no placeholder
     /// = one exchange).
     pub fn exchange(mut self, template: &str) -> Result<Self, ConfigError> {
-        self.exchange = Template::new("exchange", template)?;
+        let exchange = Template::new("exchange", template)?;
+        if exchange.fixed().is_some_and(|name| !valid_exchange_name(name)) {
+            return Err(ConfigError::ExchangeName {
+                name: template.to_owned(),
+            });
+        }
+        self.exchange = exchange;
         Ok(self)
     }
 
@@ -251,6 +257,15 @@ mod tests {
         std::fs::remove_file(&dir).unwrap();
         assert_eq!(c.credentials(), ("app", "s3cret"));
         assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn a_fixed_exchange_name_rabbitmq_refuses_is_refused_at_once() {
+        let c = RabbitConfig::new("amqp://127.0.0.1/%2f").unwrap();
+        let err = c.clone().exchange("with space").unwrap_err();
+        assert!(err.to_string().contains("\"with space\""), "{err}");
+        assert!(c.clone().exchange(&"x".repeat(256)).is_err());
+        assert!(c.exchange("outbox.${aggregatetype}").is_ok());
     }
 
     #[test]

@@ -38,6 +38,15 @@ pub enum ConfigError {
         /// outbox-core's check.
         source: outbox_core::TemplateError,
     },
+    /// A fixed exchange name RabbitMQ would refuse.
+    #[error(
+        "rabbitmq exchange {name:?} is not a valid exchange name: use at most 255 bytes of a-z, A-Z, 0-9, \
+         '-', '_', '.', ':'"
+    )]
+    ExchangeName {
+        /// The name.
+        name: String,
+    },
     /// `max_in_flight` is 0.
     #[error("rabbitmq max_in_flight must be at least 1")]
     NoWindow,

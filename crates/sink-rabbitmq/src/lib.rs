@@ -32,6 +32,13 @@
 //!   contract's `Retriable` asks for: it reconnects with backoff and
 //!   re-publishes, in the original order, every record it has no confirm for;
 //!   the pipeline waits. Refused access is `Fatal`.
+//! * **After a permanent failure**
+//!   ([`RabbitSink::connect_with_after_permanent`]): under the `stop` policy
+//!   nothing is published after the failed record (later ones are reported
+//!   failed, retriable); what was published before the failure was known
+//!   (a too-large record is known at once, a `basic.return` after a round
+//!   trip) may be in queues already, unacknowledged, and is published again
+//!   after the restart. Under `dead-letter` publishing goes on.
 //! * **Duplicates**: a re-published record may already have reached the
 //!   queue (its confirm was lost with the connection), and after a crash the
 //!   pipeline re-sends what was unacknowledged. Either way at most the
@@ -56,7 +63,7 @@ mod topology;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use outbox_core::{Delivery, DeliveryError, Record, Sink, TxSeq};
+use outbox_core::{AfterPermanentFailure, Delivery, DeliveryError, Record, Sink, TxSeq};
 use tokio::sync::{mpsc, oneshot};
 
 pub use config::{
@@ -86,6 +93,20 @@ impl RabbitSink {
         config: &RabbitConfig,
         deliveries: mpsc::UnboundedSender<Delivery>,
     ) -> Result<Self, SinkError> {
+        Self::connect_with_after_permanent(config, deliveries, AfterPermanentFailure::Continue).await
+    }
+
+    /// [`RabbitSink::connect`], saying what happens to later records once
+    /// one failed for good: with [`AfterPermanentFailure::Stop`] nothing more
+    /// is published (later records are reported failed, retriable). Records
+    /// published before the failure was known (within a round trip, at most
+    /// the window) may already be in their queues: the pipeline does not
+    /// acknowledge them, so they are published again after the restart.
+    pub async fn connect_with_after_permanent(
+        config: &RabbitConfig,
+        deliveries: mpsc::UnboundedSender<Delivery>,
+        after: AfterPermanentFailure,
+    ) -> Result<Self, SinkError> {
         let link = publisher::open(config)
             .await
             .map_err(|source| SinkError::Connect {
@@ -94,7 +115,14 @@ impl RabbitSink {
             })?;
         let (commands, receiver) = mpsc::channel(1);
         let shared = Arc::new(Shared::default());
-        let publisher = Publisher::new(config.clone(), link, receiver, deliveries, Arc::clone(&shared));
+        let publisher = Publisher::new(
+            config.clone(),
+            link,
+            receiver,
+            deliveries,
+            Arc::clone(&shared),
+            after,
+        );
         tokio::spawn(publisher.run());
         Ok(RabbitSink { commands, shared })
     }

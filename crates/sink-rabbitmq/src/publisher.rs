@@ -15,7 +15,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,7 +25,7 @@ use lapin::types::{FieldTable, LongString, ShortString};
 use lapin::{
     Channel, Confirmation, Connection, ConnectionProperties, ErrorKind, ExchangeKind, PublisherConfirm,
 };
-use outbox_core::{Delivery, DeliveryError, Record, TxSeq};
+use outbox_core::{AfterPermanentFailure, Delivery, DeliveryError, Record, TxSeq};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
@@ -129,6 +129,11 @@ pub(crate) struct Publisher {
     /// counted again after a recovery reshuffled `pending`.
     pending_bytes: usize,
     flushes: Vec<oneshot::Sender<()>>,
+    /// What to do with later records once one failed for good.
+    after: AfterPermanentFailure,
+    /// Set under [`AfterPermanentFailure::Stop`] once a record failed for
+    /// good: nothing more is published.
+    fenced: AtomicBool,
 }
 
 impl Publisher {
@@ -138,8 +143,11 @@ impl Publisher {
         commands: mpsc::Receiver<Command>,
         deliveries: mpsc::UnboundedSender<Delivery>,
         shared: Arc<Shared>,
+        after: AfterPermanentFailure,
     ) -> Self {
         Publisher {
+            after,
+            fenced: AtomicBool::new(false),
             config,
             commands,
             deliveries,
@@ -223,7 +231,16 @@ impl Publisher {
     fn report(&self, record: Record, tx: TxSeq, refusal: Option<Refusal>) {
         let delivery = match refusal {
             None => Delivery::delivered(tx, &record),
-            Some(refusal) => Delivery::failed(tx, record, refusal.into_error()),
+            Some(refusal) => {
+                let error = refusal.into_error();
+                if error.class.is_permanent()
+                    && self.after == AfterPermanentFailure::Stop
+                    && !self.fenced.swap(true, Ordering::Relaxed)
+                {
+                    warn!(id = %record.id, "a record failed for good: publishing nothing after it (policy stop)");
+                }
+                Delivery::failed(tx, record, error)
+            }
         };
         // The receiver is gone only when the pipeline has stopped.
         let _ = self.deliveries.send(delivery);
@@ -231,6 +248,17 @@ impl Publisher {
 
     /// Publishes one record from the pipeline (after the pending ones).
     async fn publish(&mut self, record: Record, tx: TxSeq) -> Result<(), DeliveryError> {
+        if self.fenced.load(Ordering::Relaxed) {
+            let _ = self.deliveries.send(Delivery::failed(
+                tx,
+                record,
+                DeliveryError::retriable(
+                    "not published: an earlier record failed for good and the stop policy publishes nothing \
+                     after it",
+                ),
+            ));
+            return Ok(());
+        }
         let message = match build(
             &record,
             self.config.exchange_template(),

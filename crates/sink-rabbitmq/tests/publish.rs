@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use outbox_core::{ErrorClass, Lsn, PermanentReason, Sink};
+use sink_rabbitmq::RabbitSink;
 use testkit::rabbitmq::{read_queue, shared_url};
 
 use crate::fixture::{record, send_all, sink, Topology};
@@ -217,6 +218,38 @@ async fn too_large_record_is_refused_before_publishing() {
     assert!(err.message.contains("101 bytes"), "{err}");
     assert_eq!(failed.returned.as_ref(), Some(&big));
     assert!(by_id["id-0"].result.is_ok() && by_id["id-2"].result.is_ok());
+    topology.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_stop_nothing_is_published_after_a_record_that_failed_for_good() {
+    let topology = Topology::new(&shared_url(), "#").await;
+    let config = topology.config().max_message_bytes(100);
+    let (tx, mut deliveries) = tokio::sync::mpsc::unbounded_channel();
+    let mut sink =
+        RabbitSink::connect_with_after_permanent(&config, tx, outbox_core::AfterPermanentFailure::Stop)
+            .await
+            .unwrap();
+    let records = vec![
+        record(0, 1, "{}"),
+        record(1, 1, &"x".repeat(101)),
+        record(2, 1, "{}"),
+        record(3, 2, "{}"),
+    ];
+    let (_, reports) = send_all(&mut sink, &mut deliveries, records).await;
+    let by_id: HashMap<_, _> = reports.iter().map(|d| (d.id.as_str(), d)).collect();
+    assert!(by_id["id-0"].result.is_ok());
+    assert!(by_id["id-1"].result.as_ref().unwrap_err().class.is_permanent());
+    for later in ["id-2", "id-3"] {
+        let err = by_id[later].result.as_ref().unwrap_err();
+        assert_eq!(err.class, ErrorClass::Retriable, "{later}: {err}");
+        assert!(err.message.contains("stop policy"), "{err}");
+    }
+    let read = read_queue(&topology.url, &topology.queue, 4, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let ids: Vec<_> = read.iter().filter_map(|m| m.message_id.as_deref()).collect();
+    assert_eq!(ids, ["id-0"], "nothing after the failed record reaches the queue");
     topology.remove().await;
 }
 

@@ -15,7 +15,7 @@ use outbox_core::Record;
 /// the dedupe id, `ARGV[2]` the TTL in seconds, `ARGV[3]` the `MAXLEN ~`
 /// threshold (0: no trimming), then field, value, … Replies the new entry
 /// id, or nil when the id was appended within the TTL.
-pub(crate) const SCRIPT: &str = r#"
+pub const SCRIPT: &str = r#"
 local now = tonumber(redis.call('TIME')[1])
 local ttl = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl)

@@ -30,7 +30,8 @@
 //!   job written by BullMQ's own `addStandardJob` script exactly as
 //!   `Queue.add` writes it (queue = the routed name, job name = the event
 //!   type, data = the payload, job id = the event id, so BullMQ itself
-//!   ignores a re-sent record while the job exists).
+//!   ignores a re-sent record while the job exists; the headers and the
+//!   LSN in the job's options under `outboxd`).
 //! * **Errors** are classified ([`classify`]): a lost connection, a timeout,
 //!   `OOM`, `LOADING`, `READONLY` are retried (with backoff, reconnecting);
 //!   refused credentials are fatal; a record over `max_record_bytes` or a
@@ -93,6 +94,8 @@ pub struct RedisSink {
     window: Arc<Semaphore>,
     max_in_flight: usize,
     max_record_bytes: usize,
+    /// BullMQ mode: records whose job id BullMQ refuses are refused here.
+    bullmq: bool,
     shared: Arc<Shared>,
     deliveries: mpsc::UnboundedSender<Delivery>,
     worker: tokio::task::JoinHandle<()>,
@@ -139,6 +142,7 @@ impl RedisSink {
             window: Arc::new(Semaphore::new(config.max_in_flight)),
             max_in_flight: config.max_in_flight,
             max_record_bytes: config.max_record_bytes,
+            bullmq: matches!(config.mode, Mode::BullMq { .. }),
             shared,
             deliveries,
             worker,
@@ -160,6 +164,12 @@ impl Sink for RedisSink {
     async fn send(&mut self, record: Record, tx: TxSeq) -> Result<(), DeliveryError> {
         if let Some(fatal) = self.shared.fatal() {
             return Err(fatal);
+        }
+        if self.bullmq {
+            if let Err(error) = bullmq::job_id(&record) {
+                let _ = self.deliveries.send(Delivery::failed(tx, record, error));
+                return Ok(());
+            }
         }
         let size = append::size(&record);
         if size > self.max_record_bytes {
@@ -260,10 +270,12 @@ impl Worker {
                 for key in bullmq::keys(prefix, &record.topic) {
                     command.arg(key);
                 }
+                // `send` let only records with a valid job id through.
+                let job_id = bullmq::job_id(record).unwrap_or_else(|_| record.id.clone());
                 command
-                    .arg(bullmq::args(prefix, &record.topic, record, now_ms))
+                    .arg(bullmq::args(prefix, &record.topic, &job_id, record, now_ms))
                     .arg(bullmq::data(record))
-                    .arg(bullmq::opts(record));
+                    .arg(bullmq::opts(&job_id, record));
             }
         }
     }
@@ -292,7 +304,7 @@ impl Worker {
                         if err.reconnect {
                             self.connection = None;
                         }
-                        if attempts == 1 || attempts % 10 == 0 {
+                        if attempts == 1 || attempts.is_multiple_of(10) {
                             warn!(error = %err.message, records = batch.len(), attempts,
                                   "redis append failed, retrying the batch");
                         }

@@ -234,3 +234,51 @@ async fn a_key_of_another_type_is_an_invalid_destination_for_that_record_only() 
         [records[0].id.clone(), records[2].id.clone()]
     );
 }
+
+#[tokio::test]
+async fn bullmq_jobs_carry_the_headers_and_an_id_bullmq_refuses_is_refused_for_that_record_only() {
+    let prefix = Prefix::new("bullmq");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut config = RedisConfig::new(&url()).unwrap();
+    config.mode = sink_redis::Mode::BullMq {
+        prefix: prefix.0.clone(),
+    };
+    let mut sink = RedisSink::new(config, tx).unwrap();
+    let queue = prefix.stream();
+    let mut integer = record(&queue, 1, 10);
+    integer.id = "12345".into();
+    let records = [record(&queue, 0, 10), integer, record(&queue, 2, 10)];
+    // Twice: the second time is a re-send BullMQ recognises.
+    send_all(&mut sink, &records).await;
+    send_all(&mut sink, &records).await;
+    let deliveries = drain(&mut rx);
+    let refused: Vec<_> = deliveries
+        .iter()
+        .filter_map(|d| d.result.as_ref().err().map(|e| (e.class, d.returned.clone())))
+        .collect();
+    assert_eq!(refused.len(), 2, "{deliveries:?}");
+    for (class, returned) in &refused {
+        assert_eq!(
+            *class,
+            ErrorClass::Permanent {
+                reason: PermanentReason::Malformed
+            }
+        );
+        assert_eq!(returned.as_ref(), Some(&records[1]));
+    }
+    let mut c = prefix.connection();
+    let mut wait: Vec<String> = c.lrange(format!("{}:{queue}:wait", prefix.0), 0, -1).unwrap();
+    wait.reverse();
+    assert_eq!(wait, [records[0].id.clone(), records[2].id.clone()]);
+    let opts: String = c
+        .hget(format!("{}:{queue}:{}", prefix.0, records[2].id), "opts")
+        .unwrap();
+    let opts: serde_json::Value = serde_json::from_str(&opts).unwrap();
+    assert_eq!(opts["jobId"], records[2].id.as_str());
+    assert_eq!(
+        opts["outboxd"]["outboxd.lsn"],
+        records[2].position.commit_lsn.to_string()
+    );
+    assert_eq!(opts["outboxd"]["aggregateid"], "agg-2");
+    assert_eq!(opts["outboxd"]["type"], "OrderChanged");
+}

@@ -197,7 +197,7 @@ impl RabbitNode {
             let listening = |port: u16| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
             if self.ctl(&["await_startup", "--timeout", "60"]).is_ok()
                 && listening(self.port)
-                && self.management_port.map_or(true, listening)
+                && self.management_port.is_none_or(listening)
             {
                 return Ok(());
             }

@@ -36,7 +36,7 @@ impl EventSource for ScriptedSource {
     fn ack(&mut self, end_lsn: Lsn) {
         let mut acks = self.acks.lock().unwrap();
         assert!(
-            acks.last().map_or(true, |last| *last < end_lsn),
+            acks.last().is_none_or(|last| *last < end_lsn),
             "acknowledged {end_lsn} after {acks:?}"
         );
         acks.push(end_lsn);
