@@ -357,3 +357,67 @@ async fn on_update_stop_ends_the_run_before_acknowledging_the_transaction() {
         "slot confirmed at {confirmed}, the update's commit is {commit}"
     );
 }
+
+/// The same mapping on RabbitMQ: the CloudEvents attributes and aliased
+/// headers are AMQP headers, the id and type the `message_id` and `type`
+/// properties, and the AMQP `timestamp` property is the commit time (the
+/// second of `ce_time`), not the publish time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_carries_the_cloudevents_headers_and_the_commit_time_as_amqp_timestamp() {
+    use crate::conformance_rabbitmq::{Failing, Rabbit};
+
+    let rabbit = Rabbit::shared("#", Failing::TooLarge);
+    let queue = rabbit.queues[0].clone();
+    let suite = testkit::conformance::Suite::with_config(
+        env!("CARGO_BIN_EXE_outboxd"),
+        rabbit,
+        "[routing]\ncloudevents = true\n\n[outbox]\nadditional = [\"type:header:eventType\"]\n",
+    );
+    let outboxd = suite.spawn_streaming();
+    let client = suite.pg.connect().await.unwrap();
+    client
+        .batch_execute(
+            "insert into outbox (id, aggregatetype, aggregateid, type, payload) values \
+             ('6f1c2a52-0000-4000-8000-000000000061', 'order', 'order-6', 'OrderCreated', '{\"n\": 6}')",
+        )
+        .await
+        .unwrap();
+    let messages = testkit::rabbitmq::read_queue(
+        &testkit::rabbitmq::shared_url(),
+        &queue,
+        1,
+        std::time::Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    assert_eq!(messages.len(), 1);
+    let m = &messages[0];
+    assert_eq!(m.body, br#"{"n": 6}"#);
+    assert_eq!(
+        m.message_id.as_deref(),
+        Some("6f1c2a52-0000-4000-8000-000000000061")
+    );
+    assert_eq!(m.kind.as_deref(), Some("OrderCreated"));
+    let ce_time = m.header("ce_time").expect("ce_time").to_owned();
+    let commit_ms = outbox_core::parse_timestamp_millis(&ce_time).unwrap();
+    assert_eq!(
+        m.timestamp,
+        Some((commit_ms / 1000) as u64),
+        "AMQP timestamp = commit time"
+    );
+    for (name, value) in [
+        ("ce_specversion", "1.0"),
+        ("ce_id", "6f1c2a52-0000-4000-8000-000000000061"),
+        ("ce_source", "/outboxd/postgres/public.outbox"),
+        ("ce_type", "OrderCreated"),
+        ("ce_subject", "order-6"),
+        ("eventType", "OrderCreated"),
+    ] {
+        assert_eq!(m.header(name), Some(value), "{name}; headers {:?}", m.headers);
+    }
+    println!(
+        "rabbitmq message: timestamp={:?} headers={:?}",
+        m.timestamp, m.headers
+    );
+    outboxd.terminate();
+}
