@@ -15,13 +15,17 @@ pub mod redact;
 mod retention;
 mod routing;
 pub mod sink;
+mod time;
 
 pub use ack::{AckError, AckTracker, TxSeq};
-pub use event::{ColumnLookup, ColumnMapping, MappingError, OutboxEvent, Position};
+pub use event::{
+    AdditionalField, ColumnLookup, ColumnMapping, MappingError, OutboxEvent, Placement, Position, ValueKind,
+};
 pub use pgoutput::Lsn;
 pub use retention::RetentionWindow;
 pub use routing::{
-    check_template, header, render_template, NameRule, Record, Routing, RoutingError, TemplateError,
-    TopicRule,
+    check_template, header, render_template, CloudEvents, NameRule, PayloadEncoding, Record, Routing,
+    RoutingError, TemplateError, TopicRule,
 };
 pub use sink::{AfterPermanentFailure, Delivery, DeliveryError, ErrorClass, PermanentReason, Sink};
+pub use time::{format_rfc3339_millis, parse_timestamp_millis};

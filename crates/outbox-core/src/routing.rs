@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use pgoutput::Lsn;
 
-use crate::event::{OutboxEvent, Position};
+use crate::event::{OutboxEvent, Position, ValueKind};
 
 /// Header names outboxd sets on every record.
 pub mod header {
@@ -21,6 +21,47 @@ pub mod header {
     pub const END_LSN: &str = "outboxd.end_lsn";
     /// Set on records re-published by a replay.
     pub const REPLAY: &str = "outboxd.replay";
+}
+
+/// CloudEvents in binary content mode: the event's attributes as `ce_*`
+/// headers (the Kafka protocol binding), the payload untouched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudEvents {
+    /// The `source` attribute; `${table}` is replaced by the event's table
+    /// (`schema.table`) or message prefix.
+    pub source: String,
+}
+
+impl CloudEvents {
+    /// `specversion` of the attributes written.
+    pub const SPEC_VERSION: &'static str = "1.0";
+
+    fn headers(&self, event: &OutboxEvent, content_type: &'static str) -> Vec<(String, Bytes)> {
+        let source = self
+            .source
+            .replace("${table}", event.source.as_deref().unwrap_or("unknown"));
+        let mut headers = vec![
+            (
+                "ce_specversion".to_owned(),
+                Bytes::from_static(Self::SPEC_VERSION.as_bytes()),
+            ),
+            ("ce_id".to_owned(), Bytes::from(event.id.clone())),
+            ("ce_source".to_owned(), Bytes::from(source)),
+            ("ce_type".to_owned(), Bytes::from(event.event_type.clone())),
+        ];
+        if let Some(ms) = event.commit_time_ms {
+            headers.push((
+                "ce_time".to_owned(),
+                Bytes::from(crate::time::format_rfc3339_millis(ms)),
+            ));
+        }
+        headers.push(("ce_subject".to_owned(), event.aggregate_id.clone()));
+        headers.push((
+            "content-type".to_owned(),
+            Bytes::from_static(content_type.as_bytes()),
+        ));
+        headers
+    }
 }
 
 /// How the topic of a record is chosen.
@@ -56,6 +97,12 @@ pub struct Record {
     pub id: String,
     /// Position of the event.
     pub position: Position,
+    /// The record's timestamp in milliseconds since 1970 (a sink that has
+    /// one sets it; otherwise the broker's own time applies).
+    pub timestamp_ms: Option<i64>,
+    /// An explicit partition (a sink with partitions uses it instead of
+    /// partitioning by key; others ignore it).
+    pub partition: Option<i32>,
 }
 
 /// What makes a destination name legal; each sink says which rule its names
@@ -115,6 +162,21 @@ pub enum RoutingError {
     /// Routing by column, but the event has no topic value.
     #[error("routing by topic column, but the event has no topic value")]
     NoTopicColumn,
+    /// The value cannot be encoded as configured.
+    #[error("{0}")]
+    Encoding(String),
+}
+
+/// How the payload bytes become the record value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PayloadEncoding {
+    /// The bytes as stored.
+    #[default]
+    Raw,
+    /// Text and JSON payloads as a JSON string holding their text (what
+    /// Debezium's JSON converter emits without `table.expand.json.payload`);
+    /// `bytea` payloads as stored.
+    JsonString,
 }
 
 /// A configuration that can never route anything.
@@ -130,6 +192,10 @@ pub struct TemplateError {
 pub struct Routing {
     topic: TopicRule,
     tombstone_on_null: bool,
+    tombstone_on_empty: bool,
+    encoding: PayloadEncoding,
+    static_headers: Vec<(String, Bytes)>,
+    cloudevents: Option<CloudEvents>,
     names: NameRule,
 }
 
@@ -172,8 +238,36 @@ impl Routing {
         Ok(Routing {
             topic,
             tombstone_on_null,
+            tombstone_on_empty: false,
+            encoding: PayloadEncoding::Raw,
+            static_headers: Vec::new(),
+            cloudevents: None,
             names: NameRule::default(),
         })
+    }
+
+    /// An empty payload (empty text or `bytea`) becomes a tombstone too.
+    pub fn with_tombstone_on_empty(mut self, tombstone: bool) -> Self {
+        self.tombstone_on_empty = tombstone;
+        self
+    }
+
+    /// How the payload is encoded.
+    pub fn with_encoding(mut self, encoding: PayloadEncoding) -> Self {
+        self.encoding = encoding;
+        self
+    }
+
+    /// CloudEvents attributes as headers (binary content mode).
+    pub fn with_cloudevents(mut self, cloudevents: Option<CloudEvents>) -> Self {
+        self.cloudevents = cloudevents;
+        self
+    }
+
+    /// Headers added to every record, after the event's own.
+    pub fn with_static_headers(mut self, headers: Vec<(String, Bytes)>) -> Self {
+        self.static_headers = headers;
+        self
     }
 
     /// The same rules, checking names by `names` (the default is Kafka's).
@@ -195,8 +289,10 @@ impl Routing {
             return Err(RoutingError::InvalidTopic { topic, rule });
         }
         let value = match &event.payload {
-            Some(payload) => Some(payload.clone()),
+            Some(payload) if payload.is_empty() && self.tombstone_on_empty => None,
             None if self.tombstone_on_null => None,
+            _ if !event.envelope.is_empty() => Some(self.envelope(event)?),
+            Some(payload) => Some(self.encode(payload, event.payload_kind)),
             None => Some(Bytes::new()),
         };
         let mut headers = vec![
@@ -223,13 +319,73 @@ impl Routing {
                 headers.push((name.clone(), value.clone()));
             }
         }
+        if let Some(cloudevents) = &self.cloudevents {
+            headers.extend(cloudevents.headers(event, self.content_type(event)));
+        }
+        headers.extend(self.static_headers.iter().cloned());
         Ok(Record {
             topic,
-            key: event.aggregate_id.clone(),
+            key: event.key.clone().unwrap_or_else(|| event.aggregate_id.clone()),
             value,
             headers,
             id: event.id.clone(),
             position: event.position,
+            timestamp_ms: event.timestamp_ms.or(event.commit_time_ms),
+            partition: event.partition,
         })
+    }
+
+    /// The media type of the record value.
+    fn content_type(&self, event: &OutboxEvent) -> &'static str {
+        match (event.payload_kind, self.encoding) {
+            _ if !event.envelope.is_empty() => "application/json",
+            (ValueKind::Binary, _) => "application/octet-stream",
+            (_, PayloadEncoding::JsonString) | (ValueKind::Json, _) => "application/json",
+            (ValueKind::Text, PayloadEncoding::Raw) => "text/plain; charset=utf-8",
+        }
+    }
+
+    fn encode(&self, payload: &Bytes, kind: ValueKind) -> Bytes {
+        match (self.encoding, kind) {
+            (PayloadEncoding::JsonString, ValueKind::Text | ValueKind::Json) => {
+                Bytes::from(serde_json::Value::from(String::from_utf8_lossy(payload)).to_string())
+            }
+            _ => payload.clone(),
+        }
+    }
+
+    /// `{"payload": …, field: …}`: a JSON payload embedded as JSON (as a JSON
+    /// string with the `json-string` encoding), text as a JSON string.
+    fn envelope(&self, event: &OutboxEvent) -> Result<Bytes, RoutingError> {
+        let json = |name: &str, value: Option<&Bytes>, kind: ValueKind| -> Result<String, RoutingError> {
+            match (value, kind) {
+                (None, _) => Ok("null".into()),
+                (Some(bytes), ValueKind::Json)
+                    if self.encoding == PayloadEncoding::Raw || name != "payload" =>
+                {
+                    Ok(String::from_utf8_lossy(bytes).into_owned())
+                }
+                (Some(bytes), ValueKind::Text | ValueKind::Json) => {
+                    Ok(serde_json::Value::from(String::from_utf8_lossy(bytes)).to_string())
+                }
+                (Some(_), ValueKind::Binary) => Err(RoutingError::Encoding(format!(
+                    "the envelope field {name:?} is a bytea column: place it as a header, or make it text"
+                ))),
+            }
+        };
+        let mut out = String::from("{\"payload\":");
+        out.push_str(&json("payload", event.payload.as_ref(), event.payload_kind)?);
+        for (name, value) in &event.envelope {
+            out.push(',');
+            out.push_str(&serde_json::Value::from(name.as_str()).to_string());
+            out.push(':');
+            let (bytes, kind) = match value {
+                Some((bytes, kind)) => (Some(bytes), *kind),
+                None => (None, ValueKind::Text),
+            };
+            out.push_str(&json(name, bytes, kind)?);
+        }
+        out.push('}');
+        Ok(Bytes::from(out))
     }
 }

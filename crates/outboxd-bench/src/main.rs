@@ -130,7 +130,7 @@ struct Cli {
 enum Internal {
     /// Runs one outboxd consumer and prints its figures as JSON (used by the benchmark itself).
     #[command(hide = true)]
-    Consume(ConsumeArgs),
+    Consume(Box<ConsumeArgs>),
     /// Runs librdkafka's mock cluster with the outbox topic until killed,
     /// printing its bootstrap servers (to profile a consumer by hand).
     #[command(hide = true)]
@@ -170,7 +170,7 @@ fn main() -> ExitCode {
         .and_then(|runtime| {
             runtime.block_on(async {
                 match cli.command {
-                    Some(Internal::Consume(ref args)) => consumer::consume(args.clone(), started).await,
+                    Some(Internal::Consume(ref args)) => consumer::consume((**args).clone(), started).await,
                     Some(Internal::MockKafka) => {
                         let kafka = mock_kafka()?;
                         println!("{}", kafka.bootstrap_servers());

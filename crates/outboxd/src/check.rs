@@ -187,7 +187,7 @@ async fn postgres_checks(config: &Config, client: &Client, findings: &mut Vec<Fi
     let tables = config.tables().unwrap_or_default();
     match client
         .query_opt(
-            "select pubinsert, pubupdate or pubdelete or pubtruncate from pg_publication where pubname = $1",
+            "select pubinsert, pubupdate, pubdelete or pubtruncate from pg_publication where pubname = $1",
             &[publication],
         )
         .await
@@ -198,29 +198,36 @@ async fn postgres_checks(config: &Config, client: &Client, findings: &mut Vec<Fi
             "run `outboxd setup` (or sql/02_publication.sql)",
         )),
         Ok(Some(p)) => {
-            let (insert, more): (bool, bool) = (p.get(0), p.get(1));
+            let (insert, update, more): (bool, bool, bool) = (p.get(0), p.get(1), p.get(2));
+            let on_update = config.outbox.on_update;
+            let publish = on_update.publish();
+            let fix = format!(
+                "ALTER PUBLICATION {} SET (publish = '{publish}')",
+                crate::setup::ident(publication)
+            );
+            let wants_updates = on_update != crate::config::OnUpdate::Ignore;
             if !insert {
                 findings.push(fail(
                     "publication",
                     format!("{publication} does not publish inserts"),
-                    format!(
-                        "ALTER PUBLICATION {} SET (publish = 'insert')",
-                        crate::setup::ident(publication)
-                    ),
+                    fix,
                 ));
-            } else if more {
+            } else if wants_updates && !update {
+                findings.push(fail(
+                    "publication",
+                    format!("{publication} does not publish updates, so outbox.on_update = {on_update:?} never sees one"),
+                    fix,
+                ));
+            } else if more || (update && !wants_updates) {
                 findings.push(warn(
                     "publication",
                     format!(
                         "{publication} also publishes updates, deletes or truncates, which outboxd discards"
                     ),
-                    format!(
-                        "ALTER PUBLICATION {} SET (publish = 'insert')",
-                        crate::setup::ident(publication)
-                    ),
+                    fix,
                 ));
             } else {
-                findings.push(ok("publication", format!("{publication} publishes inserts")));
+                findings.push(ok("publication", format!("{publication} publishes {publish}")));
             }
             for table in &tables {
                 let member = client

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use outbox_core::redact::{redact, redact_property};
-use outbox_core::{ColumnMapping, Routing, TopicRule};
+use outbox_core::{
+    AdditionalField, CloudEvents, ColumnMapping, PayloadEncoding, Placement, Routing, TopicRule,
+};
 use pg_replication::{OutboxTable, ReplicationConfig, StreamConfig};
 use serde::Deserialize;
 use sink_kafka::KafkaConfig;
@@ -218,6 +220,55 @@ pub struct OutboxColumns {
     pub payload: String,
     /// Extra columns sent as headers.
     pub extra_headers: Vec<String>,
+    /// Extra columns placed as Debezium's `table.fields.additional.placement`
+    /// does: `column:header[:alias]`, `column:envelope[:alias]`, `column:partition`.
+    #[serde(deserialize_with = "additional_fields")]
+    pub additional: Vec<AdditionalField>,
+    /// A JSON object column whose every key becomes a header.
+    pub headers_column: Option<String>,
+    /// The key column (default: the aggregate id column).
+    pub key: Option<String>,
+    /// The record timestamp column: `timestamptz`, `timestamp` (as UTC) or
+    /// `bigint` (milliseconds). Default: the transaction's commit time.
+    pub timestamp: Option<String>,
+    /// A column holding a W3C `traceparent`, sent as the `traceparent` header.
+    pub traceparent: Option<String>,
+    /// A column holding a W3C `tracestate`, sent as the `tracestate` header.
+    pub tracestate: Option<String>,
+    /// What an UPDATE of an outbox row does: `ignore` (default; the
+    /// publication publishes inserts only), `warn` or `stop` (the publication
+    /// must publish updates; `outboxd setup` creates it so).
+    pub on_update: OnUpdate,
+}
+
+/// `[outbox] on_update` (Debezium's `table.op.invalid.behavior`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUpdate {
+    /// Updates are not published, so never seen.
+    #[default]
+    Ignore,
+    /// Log a warning and go on.
+    Warn,
+    /// Stop before the transaction is acknowledged.
+    Stop,
+}
+
+impl OnUpdate {
+    /// The `publish` list of the publication this policy needs.
+    pub fn publish(self) -> &'static str {
+        match self {
+            OnUpdate::Ignore => "insert",
+            OnUpdate::Warn | OnUpdate::Stop => "insert, update",
+        }
+    }
+}
+
+fn additional_fields<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<AdditionalField>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|entry| entry.parse().map_err(serde::de::Error::custom))
+        .collect()
 }
 
 impl Default for OutboxColumns {
@@ -230,6 +281,13 @@ impl Default for OutboxColumns {
             event_type: d.event_type,
             payload: d.payload,
             extra_headers: d.extra_headers,
+            additional: d.additional,
+            headers_column: d.headers_column,
+            key: d.key,
+            timestamp: d.timestamp,
+            traceparent: None,
+            tracestate: None,
+            on_update: OnUpdate::Ignore,
         }
     }
 }
@@ -245,6 +303,29 @@ pub struct RoutingConfig {
     pub topic_column: Option<String>,
     /// A NULL payload becomes a tombstone (null value) instead of an empty value.
     pub tombstone_on_null: bool,
+    /// An empty payload (empty text or `bytea`) becomes a tombstone too.
+    pub tombstone_on_empty: bool,
+    /// `raw` (the bytes as stored) or `json-string` (text and JSON payloads
+    /// as a JSON string, as Debezium's JSON converter sends them).
+    pub payload_encoding: PayloadEncodingConfig,
+    /// Headers added to every record (`[routing.headers]`).
+    pub headers: BTreeMap<String, String>,
+    /// CloudEvents binary content mode: `ce_*` headers, the payload untouched.
+    pub cloudevents: bool,
+    /// The CloudEvents `source`; `${table}` is the event's table or message
+    /// prefix. Default `/outboxd/<database>/${table}`.
+    pub ce_source: Option<String>,
+}
+
+/// `[routing] payload_encoding`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PayloadEncodingConfig {
+    /// The bytes as stored.
+    #[default]
+    Raw,
+    /// A JSON string holding the payload's text; `bytea` as stored.
+    JsonString,
 }
 
 impl Default for RoutingConfig {
@@ -253,6 +334,11 @@ impl Default for RoutingConfig {
             topic: "outbox.event.${aggregatetype}".into(),
             topic_column: None,
             tombstone_on_null: false,
+            tombstone_on_empty: false,
+            payload_encoding: PayloadEncodingConfig::Raw,
+            headers: BTreeMap::new(),
+            cloudevents: false,
+            ce_source: None,
         }
     }
 }
@@ -726,6 +812,11 @@ impl Config {
         );
         stream.tables = self.tables()?;
         stream.message_prefix = self.postgres.message_prefix.clone();
+        stream.on_update = match self.outbox.on_update {
+            OnUpdate::Ignore => pg_replication::UpdatePolicy::Ignore,
+            OnUpdate::Warn => pg_replication::UpdatePolicy::Warn,
+            OnUpdate::Stop => pg_replication::UpdatePolicy::Stop,
+        };
         stream.status_interval = Duration::from_millis(self.postgres.status_interval_ms.max(10));
         stream.buffer_bytes = usize::try_from(self.postgres.buffer_bytes).unwrap_or(usize::MAX);
         Ok(stream)
@@ -741,8 +832,26 @@ impl Config {
             event_type: o.event_type.clone(),
             payload: o.payload.clone(),
             extra_headers: o.extra_headers.clone(),
+            additional: self.additional(),
+            headers_column: o.headers_column.clone(),
+            key: o.key.clone(),
+            timestamp: o.timestamp.clone(),
             topic: self.routing.topic_column.clone(),
         }
+    }
+
+    /// `outbox.additional`, with the trace context columns as headers.
+    fn additional(&self) -> Vec<AdditionalField> {
+        let o = &self.outbox;
+        let trace = [("traceparent", &o.traceparent), ("tracestate", &o.tracestate)];
+        let mut fields = o.additional.clone();
+        fields.extend(trace.into_iter().filter_map(|(header, column)| {
+            Some(AdditionalField {
+                column: column.clone()?,
+                placement: Placement::Header(header.to_owned()),
+            })
+        }));
+        fields
     }
 
     /// The routing rules: each record's destination name (a topic, a stream,
@@ -760,7 +869,40 @@ impl Config {
         } else {
             TopicRule::Fixed(template.clone())
         };
-        Ok(Routing::new(rule, self.routing.tombstone_on_null)?.with_names(self.sink.kind.names()))
+        let encoding = match self.routing.payload_encoding {
+            PayloadEncodingConfig::Raw => PayloadEncoding::Raw,
+            PayloadEncodingConfig::JsonString => PayloadEncoding::JsonString,
+        };
+        let headers = self
+            .routing
+            .headers
+            .iter()
+            .map(|(name, value)| (name.clone(), bytes::Bytes::from(value.clone())))
+            .collect();
+        Ok(Routing::new(rule, self.routing.tombstone_on_null)?
+            .with_tombstone_on_empty(self.routing.tombstone_on_empty)
+            .with_encoding(encoding)
+            .with_static_headers(headers)
+            .with_cloudevents(self.cloudevents()?)
+            .with_names(self.sink.kind.names()))
+    }
+
+    /// `[routing] cloudevents`, with the default source naming the database.
+    fn cloudevents(&self) -> anyhow::Result<Option<CloudEvents>> {
+        if !self.routing.cloudevents {
+            if self.routing.ce_source.is_some() {
+                bail!("routing.ce_source is set but routing.cloudevents is not: set cloudevents = true or remove it");
+            }
+            return Ok(None);
+        }
+        let source = match &self.routing.ce_source {
+            Some(source) if source.is_empty() => {
+                bail!("routing.ce_source is empty (CloudEvents requires a source)")
+            }
+            Some(source) => source.clone(),
+            None => format!("/outboxd/{}/${{table}}", self.replication()?.dbname()?),
+        };
+        Ok(Some(CloudEvents { source }))
     }
 
     /// The permanent-error policy (`[sink]`, else `[kafka]`).
@@ -1038,6 +1180,50 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("unknown placeholder"));
+    }
+
+    #[test]
+    fn debezium_style_mapping_keys_and_a_bad_placement_naming_the_syntax() {
+        let config = Config::from_toml(
+            "[outbox]\nadditional = [\"type:header:eventType\", \"shard:partition\"]\nkey = \"customer\"\n\
+             timestamp = \"created_at\"\ntraceparent = \"tp\"\n\
+             [routing]\npayload_encoding = \"json-string\"\ntombstone_on_empty = true\n",
+        )
+        .unwrap();
+        let mapping = config.mapping();
+        assert_eq!(mapping.key.as_deref(), Some("customer"));
+        assert_eq!(mapping.timestamp.as_deref(), Some("created_at"));
+        assert_eq!(
+            mapping.additional,
+            vec![
+                AdditionalField {
+                    column: "type".into(),
+                    placement: Placement::Header("eventType".into())
+                },
+                AdditionalField {
+                    column: "shard".into(),
+                    placement: Placement::Partition
+                },
+                AdditionalField {
+                    column: "tp".into(),
+                    placement: Placement::Header("traceparent".into())
+                },
+            ]
+        );
+        assert_eq!(
+            config.routing().unwrap(),
+            Routing::new(TopicRule::Template("outbox.event.${aggregatetype}".into()), false)
+                .unwrap()
+                .with_tombstone_on_empty(true)
+                .with_encoding(PayloadEncoding::JsonString)
+        );
+        let err = Config::from_toml("[outbox]\nadditional = [\"type:body\"]\n").unwrap_err();
+        assert!(format!("{err:#}").contains("column:header[:alias]"), "{err:#}");
+        let stray = Config::from_toml("[routing]\nce_source = \"/x\"\n").unwrap();
+        let err = stray.routing().unwrap_err();
+        assert!(format!("{err:#}").contains("set cloudevents = true"), "{err:#}");
+        let err = Config::from_toml("[routing]\npayload_encoding = \"base64\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("unknown variant"), "{err:#}");
     }
 
     #[test]

@@ -412,9 +412,13 @@ impl<S: Sink> Pipeline<S> {
             }
             ReplicationEvent::Insert(_) | ReplicationEvent::Message(_) => {
                 let (seq, _) = self.open_tx()?;
-                let Some((position, record)) =
-                    to_record(&self.options.mapping, &self.options.routing, &event)
-                else {
+                let commit_time = self.tracker.data_mut(seq).map_err(internal)?.commit_time;
+                let Some((position, record)) = to_record(
+                    &self.options.mapping,
+                    &self.options.routing,
+                    &event,
+                    Some(commit_time),
+                ) else {
                     return Ok(true);
                 };
                 self.tracker.record(seq).map_err(internal)?;
@@ -675,12 +679,17 @@ pub struct Unmappable {
 }
 
 /// The record for an outbox insert or outbox message (`None` for other
-/// events), with the event's position.
+/// events), with the event's position. `commit_time`: of the event's
+/// transaction, the record's timestamp unless a timestamp column is mapped.
 pub fn to_record(
     mapping: &ColumnMapping,
     routing: &Routing,
     event: &ReplicationEvent,
+    commit_time: Option<PgTimestamp>,
 ) -> Option<(Position, Result<Record, Unmappable>)> {
+    let commit_time_ms = commit_time
+        .and_then(|t| t.unix_micros())
+        .map(|us| us.div_euclid(1000));
     match event {
         ReplicationEvent::Insert(insert) => {
             let position = Position {
@@ -688,11 +697,30 @@ pub fn to_record(
                 index: insert.index,
             };
             let source = format!("table {}.{}", insert.relation.namespace, insert.relation.name);
+            let type_of = |name: &str| {
+                insert
+                    .relation
+                    .columns
+                    .iter()
+                    .find(|c| c.name == name)
+                    .map(|c| c.type_id)
+            };
+            if let Some(error) = mapping
+                .timestamp
+                .as_deref()
+                .and_then(|column| timestamp_type_error(column, type_of(column)?))
+            {
+                return unmappable(position, format!("{source}: {error}"), true);
+            }
             // Values as stored: a bytea is its bytes, not its hex text.
             let lookup = |name: &str| match insert.stored(name) {
                 None => ColumnLookup::Missing,
                 Some(Ok(StoredValue::Null)) => ColumnLookup::Null,
-                Some(Ok(StoredValue::Bytes(b))) => ColumnLookup::Value(b),
+                Some(Ok(StoredValue::Bytes(b))) => match type_of(name) {
+                    Some(oid::BYTEA) => ColumnLookup::Binary(b),
+                    Some(oid::JSON | oid::JSONB | oid::INT2 | oid::INT4 | oid::INT8) => ColumnLookup::Json(b),
+                    _ => ColumnLookup::Value(b),
+                },
                 // Inserts carry every value; treat the impossible as absent.
                 Some(Ok(StoredValue::Unchanged)) => ColumnLookup::Missing,
                 Some(Err(err)) => ColumnLookup::Malformed(err.to_string()),
@@ -702,9 +730,16 @@ pub fn to_record(
                 .and_then(|v| v.as_text())
                 .unwrap_or("?")
                 .to_owned();
+            let name = format!("{}.{}", insert.relation.namespace, insert.relation.name);
+            let origin = Origin {
+                source: &source,
+                name: &name,
+                table: true,
+                commit_time_ms,
+            };
             Some((
                 position,
-                map_and_route(mapping, routing, position, lookup, id, &source, true),
+                map_and_route(mapping, routing, position, lookup, id, origin),
             ))
         }
         ReplicationEvent::Message(message) => {
@@ -717,53 +752,106 @@ pub fn to_record(
                 match serde_json::from_slice(&message.content) {
                     Ok(object) => object,
                     Err(err) => {
-                        let error = format!("the {source} is not a JSON object: {err}");
-                        return Some((
+                        return unmappable(
                             position,
-                            Err(Unmappable {
-                                id: "?".into(),
-                                error,
-                                every_row: false,
-                            }),
-                        ));
+                            format!("the {source} is not a JSON object: {err}"),
+                            false,
+                        )
                     }
                 };
             let lookup = |name: &str| match object.get(name) {
                 None => ColumnLookup::Missing,
                 Some(serde_json::Value::Null) => ColumnLookup::Null,
                 Some(serde_json::Value::String(s)) => ColumnLookup::Value(Bytes::from(s.clone())),
-                Some(other) => ColumnLookup::Value(Bytes::from(other.to_string())),
+                Some(other) => ColumnLookup::Json(Bytes::from(other.to_string())),
             };
             let id = object
                 .get(&mapping.id)
                 .and_then(|v| v.as_str())
                 .unwrap_or("?")
                 .to_owned();
+            let origin = Origin {
+                source: &source,
+                name: &message.prefix,
+                table: false,
+                commit_time_ms,
+            };
             Some((
                 position,
-                map_and_route(mapping, routing, position, lookup, id, &source, false),
+                map_and_route(mapping, routing, position, lookup, id, origin),
             ))
         }
         _ => None,
     }
 }
 
-/// `table`: the source is a table, whose columns every row shares (a field
-/// missing from one outbox message says nothing of the next).
+/// An event that cannot be mapped before its id could be read.
+fn unmappable(
+    position: Position,
+    error: String,
+    every_row: bool,
+) -> Option<(Position, Result<Record, Unmappable>)> {
+    let id = "?".to_owned();
+    Some((position, Err(Unmappable { id, error, every_row })))
+}
+
+/// Type OIDs the mapping reads values by (`pg_type.oid`, fixed for built-in types).
+mod oid {
+    pub(super) const BYTEA: u32 = 17;
+    pub(super) const INT8: u32 = 20;
+    pub(super) const INT2: u32 = 21;
+    pub(super) const INT4: u32 = 23;
+    pub(super) const JSON: u32 = 114;
+    pub(super) const TIMESTAMP: u32 = 1114;
+    pub(super) const TIMESTAMPTZ: u32 = 1184;
+    pub(super) const JSONB: u32 = 3802;
+}
+
+/// Why a column of type `type_id` cannot be the record timestamp, if it cannot.
+fn timestamp_type_error(column: &str, type_id: u32) -> Option<String> {
+    match type_id {
+        oid::TIMESTAMPTZ | oid::TIMESTAMP | oid::INT8 | oid::INT4 => None,
+        other => Some(format!(
+            "the timestamp column {column:?} has type OID {other}; it must be timestamptz, timestamp (read as \
+             UTC) or bigint (milliseconds since 1970): change outbox.timestamp or the column's type"
+        )),
+    }
+}
+
+/// Where a row or message comes from.
+struct Origin<'a> {
+    /// For errors (`table public.outbox`).
+    source: &'a str,
+    /// The table (`public.outbox`) or message prefix.
+    name: &'a str,
+    /// The source is a table, whose columns every row shares (a field missing
+    /// from one outbox message says nothing of the next).
+    table: bool,
+    /// Commit time of its transaction (ms since 1970).
+    commit_time_ms: Option<i64>,
+}
+
 fn map_and_route(
     mapping: &ColumnMapping,
     routing: &Routing,
     position: Position,
     lookup: impl Fn(&str) -> ColumnLookup,
     id: String,
-    source: &str,
-    table: bool,
+    origin: Origin<'_>,
 ) -> Result<Record, Unmappable> {
-    let event = mapping.event_from_row(position, lookup).map_err(|e| Unmappable {
+    let Origin {
+        source,
+        name,
+        table,
+        commit_time_ms,
+    } = origin;
+    let mut event = mapping.event_from_row(position, lookup).map_err(|e| Unmappable {
         every_row: table && matches!(e, MappingError::MissingColumn(_)),
         error: format!("{source}: {e}"),
         id: id.clone(),
     })?;
+    event.commit_time_ms = commit_time_ms;
+    event.source = Some(name.to_owned());
     routing.route(&event, None).map_err(|e| Unmappable {
         id,
         error: format!("{source}: {e}"),
@@ -817,9 +905,11 @@ fn dead_letter(
     error: &DeliveryError,
 ) -> Record {
     let mut headers = Vec::new();
+    let mut timestamp_ms = None;
     let (key, value, original_topic) = match original {
         Some(record) => {
             headers = record.headers;
+            timestamp_ms = record.timestamp_ms;
             let too_large = error.class
                 == ErrorClass::Permanent {
                     reason: PermanentReason::TooLarge,
@@ -855,6 +945,8 @@ fn dead_letter(
         headers,
         id: id.to_owned(),
         position,
+        timestamp_ms,
+        partition: None,
     }
 }
 

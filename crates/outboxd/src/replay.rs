@@ -137,6 +137,7 @@ pub async fn replay(
     let stats = stream.stats();
     let replay_header = Bytes::from(format!("from={} to={end}", options.from));
     let mut open = false;
+    let mut commit_time = None;
     let mut summary = ReplaySummary::default();
     loop {
         while let Ok(delivery) = deliveries.try_recv() {
@@ -155,13 +156,16 @@ pub async fn replay(
                     break;
                 }
                 open = true;
+                commit_time = Some(begin.commit_time);
             }
             ReplicationEvent::Commit(_) => open = false,
             _ => {
                 if !open {
                     continue;
                 }
-                let Some((position, record)) = to_record(&pipeline.mapping, &pipeline.routing, &event) else {
+                let Some((position, record)) =
+                    to_record(&pipeline.mapping, &pipeline.routing, &event, commit_time)
+                else {
                     continue;
                 };
                 let mut record = match record {

@@ -57,9 +57,10 @@ pub async fn setup(config: &Config, create_table: bool) -> anyhow::Result<Vec<St
     }
 
     let publication = &config.postgres.publication;
+    let publish = config.outbox.on_update.publish();
     let exists = client
         .query_opt(
-            "select pubinsert from pg_publication where pubname = $1",
+            "select pubinsert, pubupdate from pg_publication where pubname = $1",
             &[publication],
         )
         .await?;
@@ -68,22 +69,23 @@ pub async fn setup(config: &Config, create_table: bool) -> anyhow::Result<Vec<St
             let list: Vec<String> = tables.iter().map(qualified).collect();
             client
                 .batch_execute(&format!(
-                    "create publication {} for table {} with (publish = 'insert')",
+                    "create publication {} for table {} with (publish = '{publish}')",
                     ident(publication),
                     list.join(", ")
                 ))
                 .await
                 .with_context(|| format!("creating publication {publication}"))?;
             done.push(format!(
-                "publication {publication}: created for {} (publish = 'insert')",
+                "publication {publication}: created for {} (publish = '{publish}')",
                 list.join(", ")
             ));
         }
         Some(row) => {
-            if !row.get::<_, bool>(0) {
+            if !row.get::<_, bool>(0) || (publish != "insert" && !row.get::<_, bool>(1)) {
                 anyhow::bail!(
-                    "publication {publication} exists but does not publish inserts: \
-                     alter publication {publication} set (publish = 'insert')"
+                    "publication {publication} exists but does not publish {publish} (outbox.on_update = {:?}): \
+                     alter publication {publication} set (publish = '{publish}')",
+                    config.outbox.on_update
                 );
             }
             for table in &tables {

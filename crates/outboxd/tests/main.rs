@@ -13,4 +13,5 @@ mod failover;
 mod ha;
 mod memory;
 mod ops;
+mod router;
 mod support;

@@ -48,6 +48,16 @@ pub enum StreamError {
         /// The name Postgres sends now.
         renamed: String,
     },
+    /// A row of an outbox table was updated and the policy is `stop`.
+    #[error("a row of outbox table {table} was updated (transaction with commit LSN {commit_lsn}, change at {lsn}): an outbox table takes inserts only and outbox.on_update = \"stop\"; nothing from this transaction on was acknowledged. Stop updating outbox rows, or set outbox.on_update = \"warn\" or \"ignore\" to go on past it")]
+    OutboxRowUpdated {
+        /// `wal_start` of the frame.
+        lsn: Lsn,
+        /// Commit LSN of its transaction.
+        commit_lsn: Lsn,
+        /// The outbox table.
+        table: String,
+    },
     /// A message out of place: Begin inside a transaction, a change outside
     /// one, streaming or two-phase messages we did not ask for.
     #[error("unexpected {message} at {lsn}: {why}")]
@@ -100,6 +110,24 @@ pub(crate) struct Assembler {
     skip_before: Lsn,
     /// A transaction cut off by a reconnect: (its commit LSN, events yielded).
     resume: Option<(Lsn, u64)>,
+    /// What an UPDATE of an outbox row does.
+    pub(crate) on_update: UpdatePolicy,
+}
+
+/// What an UPDATE of an outbox row does (when the publication publishes
+/// updates; DELETEs are always ignored, so a row inserted and deleted in one
+/// transaction is still an event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum UpdatePolicy {
+    /// Nothing.
+    #[default]
+    Ignore,
+    /// Log a warning naming the table and position, and go on.
+    Warn,
+    /// End the stream with [`StreamError::OutboxRowUpdated`] before the
+    /// transaction's commit, so nothing from it on is acknowledged.
+    Stop,
 }
 
 impl Assembler {
@@ -117,6 +145,7 @@ impl Assembler {
             transaction: None,
             skip_before,
             resume: None,
+            on_update: UpdatePolicy::Ignore,
         }
     }
 
@@ -246,7 +275,10 @@ impl Assembler {
                     }
                 }
             }
-            M::Update(change) => self.check_relation(lsn, change.relation_id)?,
+            M::Update(change) => {
+                self.check_relation(lsn, change.relation_id)?;
+                self.on_update(lsn, change.relation_id)?;
+            }
             M::Delete(change) => self.check_relation(lsn, change.relation_id)?,
             M::Message(message) if message.transactional => {
                 if self.message_prefix.as_deref() == Some(message.prefix.as_str()) {
@@ -284,6 +316,34 @@ impl Assembler {
             _ => return Err(protocol("message", "this pgoutput message kind is not handled")),
         }
         Ok(out)
+    }
+
+    /// Applies the update policy to an UPDATE of `relation_id` (a known relation).
+    fn on_update(&self, lsn: Lsn, relation_id: Oid) -> Result<(), StreamError> {
+        let Some(table) = self
+            .relations
+            .get(&relation_id)
+            .and_then(|relation| self.tables.iter().find(|t| t.matches(relation)))
+        else {
+            return Ok(());
+        };
+        // A transaction handed out before (a checkpoint, a reconnect) was judged then.
+        let Some(tx) = self.transaction.as_ref().filter(|tx| !tx.skip) else {
+            return Ok(());
+        };
+        match self.on_update {
+            UpdatePolicy::Ignore => Ok(()),
+            UpdatePolicy::Warn => {
+                tracing::warn!(table = %table, lsn = %lsn, commit_lsn = %tx.commit_lsn,
+                               "a row of an outbox table was updated; outbox rows take inserts only (ignored)");
+                Ok(())
+            }
+            UpdatePolicy::Stop => Err(StreamError::OutboxRowUpdated {
+                lsn,
+                commit_lsn: tx.commit_lsn,
+                table: table.to_string(),
+            }),
+        }
     }
 
     /// Updates and deletes are not outbox events, but a change to a relation
@@ -697,5 +757,74 @@ mod tests {
                 .starts_with("malformed pgoutput message at 1/20: cannot decode Insert"),
             "{err}"
         );
+    }
+
+    fn update(relation_id: Oid) -> LogicalReplicationMessage {
+        LogicalReplicationMessage::Update(Update {
+            xid: None,
+            relation_id,
+            old: None,
+            new: TupleData {
+                columns: vec![ColumnValue::Null],
+            },
+        })
+    }
+
+    /// Debezium's `table.op.invalid.behavior`: an UPDATE of an outbox row
+    /// stops the stream under `stop` (before the Commit, so nothing of the
+    /// transaction is acknowledged), is passed over under `warn` and
+    /// `ignore`; updates of other tables and of transactions already handed
+    /// out never count; DELETEs never do.
+    #[test]
+    fn an_outbox_update_stops_only_under_stop_and_never_for_other_tables_or_skipped_transactions() {
+        let setup = |policy: UpdatePolicy, skip_before: u64| {
+            let mut a = assembler(skip_before);
+            a.on_update = policy;
+            for m in [
+                relation(OUTBOX, "outbox", &["id"]),
+                relation(OTHER, "orders", &["id"]),
+            ] {
+                a.push(&frame(900, m)).unwrap();
+            }
+            a
+        };
+        for policy in [UpdatePolicy::Ignore, UpdatePolicy::Warn] {
+            let mut a = setup(policy, 0);
+            let (events, commits) = run(
+                &mut a,
+                vec![
+                    begin(2_000, 7),
+                    insert(OUTBOX, "a"),
+                    update(OUTBOX),
+                    commit(2_000, 2_010),
+                ],
+            );
+            assert_eq!(
+                values(&events),
+                ["begin 2000", "insert a #0", "commit 2010"],
+                "{policy:?}"
+            );
+            assert_eq!(commits, [(Lsn::new(2_010), true)]);
+        }
+        let mut a = setup(UpdatePolicy::Stop, 0);
+        let (events, _) = run(&mut a, vec![begin(2_000, 7), insert(OUTBOX, "a"), update(OTHER)]);
+        assert_eq!(values(&events), ["begin 2000", "insert a #0"]);
+        let err = a.push(&frame(1_500, update(OUTBOX))).unwrap_err();
+        assert_eq!(
+            err,
+            StreamError::OutboxRowUpdated {
+                lsn: Lsn::new(1_500),
+                commit_lsn: Lsn::new(2_000),
+                table: "public.outbox".into(),
+            }
+        );
+        assert!(err.to_string().contains("outbox.on_update = \"warn\""), "{err}");
+        // A transaction before the checkpoint was judged when it was first read.
+        let mut a = setup(UpdatePolicy::Stop, 3_000);
+        let (events, _) = run(
+            &mut a,
+            vec![begin(2_000, 7), update(OUTBOX), commit(2_000, 2_010)],
+        );
+        assert!(events.is_empty());
     }
 }

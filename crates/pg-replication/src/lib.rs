@@ -29,7 +29,7 @@ mod stream;
 mod tls;
 mod wire;
 
-pub use assembler::StreamError;
+pub use assembler::{StreamError, UpdatePolicy};
 pub use bytea::{decode_bytea_text, BYTEA_OID};
 pub use config::{ReplicationConfig, SslMode};
 pub use connection::{publication_names, CopyBoth, ReplicationConnection, SimpleRow, SystemIdentity};

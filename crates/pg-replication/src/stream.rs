@@ -38,7 +38,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::assembler::{Assembler, StreamError};
+use crate::assembler::{Assembler, StreamError, UpdatePolicy};
 use crate::catalog::{self, CheckError};
 use crate::config::ReplicationConfig;
 use crate::connection::{CopyBoth, ReplicationConnection, SystemIdentity};
@@ -97,6 +97,9 @@ pub struct StreamConfig {
     pub tables: Vec<OutboxTable>,
     /// Transactional logical messages with this prefix are outbox events too.
     pub message_prefix: Option<String>,
+    /// What an UPDATE of an outbox row does (the publication must publish
+    /// updates for it to see any).
+    pub on_update: UpdatePolicy,
     /// Transactions ending at or before this position are skipped (a
     /// checkpoint). Streaming still starts at the slot's confirmed position,
     /// and the slot is confirmed past it only when the caller acknowledges
@@ -145,6 +148,7 @@ impl StreamConfig {
             publication: publication.into(),
             tables: vec![OutboxTable::new("public", "outbox")],
             message_prefix: None,
+            on_update: UpdatePolicy::Ignore,
             skip_through: Lsn::ZERO,
             status_interval: Duration::from_secs(1),
             channel_capacity: 1024,
@@ -518,12 +522,13 @@ impl Runner {
         tx: mpsc::Sender<Item>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        let assembler = Assembler::new(
+        let mut assembler = Assembler::new(
             decoder.clone(),
             config.tables.clone(),
             config.message_prefix.clone(),
             Lsn::ZERO,
         );
+        assembler.on_update = config.on_update;
         let backoff = config.reconnect_initial;
         Runner {
             progress: Progress::new(ack, Lsn::ZERO, Lsn::ZERO),

@@ -153,6 +153,8 @@ impl ProducerContext for DeliveryContext {
                         .unwrap_or_default(),
                     id: meta.id.clone(),
                     position: meta.position,
+                    timestamp_ms: message.timestamp().to_millis(),
+                    partition: None,
                 });
                 Delivery {
                     tx: meta.tx,
@@ -313,6 +315,12 @@ impl KafkaSink {
             .headers(headers);
         if let Some(value) = &record.value {
             base = base.payload(value.as_ref());
+        }
+        if let Some(timestamp) = record.timestamp_ms {
+            base = base.timestamp(timestamp);
+        }
+        if let Some(partition) = record.partition {
+            base = base.partition(partition);
         }
         match self.producer.send(base) {
             Ok(()) => Ok(true),

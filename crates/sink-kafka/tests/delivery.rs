@@ -28,6 +28,8 @@ fn record(i: u64, aggregate: u64, value_len: usize) -> Record {
             commit_lsn: Lsn::new(1000 + i),
             index: 0,
         },
+        timestamp_ms: None,
+        partition: None,
     }
 }
 

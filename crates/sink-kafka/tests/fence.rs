@@ -25,6 +25,8 @@ fn record(i: u64) -> Record {
             commit_lsn: Lsn::new(1000 + i),
             index: 0,
         },
+        timestamp_ms: None,
+        partition: None,
     }
 }
 

@@ -29,7 +29,8 @@ pub(crate) struct Message {
 /// Builds the message for `record`, or says why it can never be published.
 ///
 /// Properties: `message_id` = event id, `type` = event type, `app_id` =
-/// `outboxd`, `timestamp` = publish time (seconds), `delivery_mode` = 2
+/// `outboxd`, `timestamp` = the record's timestamp (its commit time or
+/// timestamp column), else publish time (seconds), `delivery_mode` = 2
 /// (persistent), `content_type` = `application/json` when the body is JSON.
 /// Headers: every record header except `id` and `type` (they are the
 /// properties above) — `aggregatetype`, `outboxd.lsn`, `outboxd.index`,
@@ -85,9 +86,12 @@ pub(crate) fn build(record: &Record, exchange: &Template, max_body: usize) -> Re
         ShortString::try_new(value)
             .map_err(|_| Refusal::Rejected(format!("{what} is longer than AMQP's 255 bytes")))
     };
-    let timestamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let timestamp = match record.timestamp_ms {
+        Some(ms) => u64::try_from(ms.div_euclid(1000)).unwrap_or(0),
+        None => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
     let mut properties = BasicProperties::default()
         .with_message_id(short("event id", record.id.clone())?)
         .with_type(short("event type", event_type)?)
@@ -135,6 +139,8 @@ mod tests {
                 commit_lsn: Lsn::new(0x16B3748),
                 index: 3,
             },
+            timestamp_ms: None,
+            partition: None,
         }
     }
 

@@ -34,6 +34,8 @@ pub(crate) fn record(i: u64, aggregate: u64, body: &str) -> Record {
             commit_lsn: Lsn::new(1000 + i),
             index: 0,
         },
+        timestamp_ms: None,
+        partition: None,
     }
 }
 

@@ -186,6 +186,8 @@ mod tests {
                 commit_lsn: Lsn::new(1),
                 index: 0,
             },
+            timestamp_ms: None,
+            partition: None,
         }
     }
 

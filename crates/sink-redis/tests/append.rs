@@ -64,6 +64,8 @@ fn record(stream: &str, n: u64, pad: usize) -> Record {
         ],
         id,
         position,
+        timestamp_ms: None,
+        partition: None,
     }
 }
 

@@ -25,6 +25,8 @@ pub struct ReadRecord {
     pub value: Option<Vec<u8>>,
     /// Headers in order.
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The record timestamp in milliseconds since 1970, if it has one.
+    pub timestamp: Option<i64>,
 }
 
 impl ReadRecord {
@@ -107,6 +109,7 @@ pub fn read_topic(
                         key: message.key().unwrap_or_default().to_vec(),
                         value: message.payload().map(<[u8]>::to_vec),
                         headers,
+                        timestamp: message.timestamp().to_millis(),
                     });
                 count += 1;
                 last = Instant::now();

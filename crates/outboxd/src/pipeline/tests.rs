@@ -676,7 +676,7 @@ fn a_bytea_payload_is_its_bytes_and_malformed_hex_is_this_rows_fault() {
         )
     };
     let record = |payload: &str| {
-        to_record(&options.mapping, &options.routing, &row(payload))
+        to_record(&options.mapping, &options.routing, &row(payload), None)
             .unwrap()
             .1
     };
@@ -719,4 +719,112 @@ async fn under_stop_the_run_names_the_earliest_failure_whatever_the_report_order
         }
         other => panic!("expected Undeliverable, got {other:?}"),
     }
+}
+
+/// Debezium's `table.field.event.timestamp` fails on `timestamptz`; here each
+/// of `timestamptz`, `timestamp` (UTC) and `bigint` gives the record timestamp,
+/// and without a timestamp column the commit time does (not the send time).
+#[test]
+fn record_timestamp_from_timestamptz_timestamp_or_bigint_else_the_commit_time() {
+    let mut options = options(PermanentErrorPolicy::Stop);
+    let mut table = relation(&["id", "aggregatetype", "aggregateid", "type", "payload", "ts"]);
+    let row = |table: &Arc<Relation>, ts: &str| {
+        insert(
+            table,
+            200,
+            0,
+            &[
+                Some("t1"),
+                Some("order"),
+                Some("k"),
+                Some("T"),
+                Some("{}"),
+                Some(ts),
+            ],
+        )
+    };
+    let commit = PgTimestamp::from_micros(768_000_000_123_456); // 2024-05-02T21:20:00.123456Z
+    let commit_ms = 1_714_684_800_123;
+    let record = |options: &PipelineOptions, event: &ReplicationEvent| {
+        to_record(&options.mapping, &options.routing, event, Some(commit))
+            .unwrap()
+            .1
+    };
+    assert_eq!(
+        record(&options, &row(&table, "x")).unwrap().timestamp_ms,
+        Some(commit_ms)
+    );
+
+    options.mapping.timestamp = Some("ts".into());
+    for (type_id, text) in [
+        (1184, "2024-05-01 14:30:00.123456+02"),
+        (1114, "2024-05-01 12:30:00.123456"),
+        (20, "1714566600123"),
+    ] {
+        Arc::make_mut(&mut table).columns[5].type_id = type_id;
+        let got = record(&options, &row(&table, text)).unwrap();
+        assert_eq!(
+            got.timestamp_ms,
+            Some(1_714_566_600_123),
+            "type {type_id}: {text}"
+        );
+    }
+    // A text column is the table's mistake, not the row's: it stops.
+    Arc::make_mut(&mut table).columns[5].type_id = 25;
+    let err = record(&options, &row(&table, "2024-05-01 12:30:00")).unwrap_err();
+    assert!(
+        err.every_row && err.error.contains("must be timestamptz"),
+        "{err:?}"
+    );
+    // A DateStyle other than ISO is this row's error, naming the fix.
+    Arc::make_mut(&mut table).columns[5].type_id = 1184;
+    let err = record(&options, &row(&table, "Wed May 01 12:30:00 2024 UTC")).unwrap_err();
+    assert!(!err.every_row && err.error.contains("DateStyle"), "{err:?}");
+}
+
+#[test]
+fn key_partition_and_typed_envelope_fields_from_the_row() {
+    let mut options = options(PermanentErrorPolicy::Stop);
+    options.mapping.key = Some("customer".into());
+    options.mapping.additional = ["shard:partition", "version:envelope", "type:envelope:eventType"]
+        .iter()
+        .map(|f| f.parse().unwrap())
+        .collect();
+    let mut table = relation(&[
+        "id",
+        "aggregatetype",
+        "aggregateid",
+        "type",
+        "payload",
+        "customer",
+        "shard",
+        "version",
+    ]);
+    Arc::make_mut(&mut table).columns[4].type_id = 3802; // jsonb
+    Arc::make_mut(&mut table).columns[7].type_id = 23; // int4
+    let event = insert(
+        &table,
+        200,
+        0,
+        &[
+            Some("e1"),
+            Some("order"),
+            Some("order-1"),
+            Some("Created"),
+            Some(r#"{"a": 1}"#),
+            Some("cust-9"),
+            Some("4"),
+            Some("2"),
+        ],
+    );
+    let record = to_record(&options.mapping, &options.routing, &event, None)
+        .unwrap()
+        .1
+        .unwrap();
+    assert_eq!(record.key, Bytes::from_static(b"cust-9"));
+    assert_eq!(record.partition, Some(4));
+    assert_eq!(
+        record.value.as_deref(),
+        Some(&br#"{"payload":{"a": 1},"version":2,"eventType":"Created"}"#[..])
+    );
 }
