@@ -124,7 +124,7 @@ pub(crate) struct Report {
 }
 
 /// The settings the benchmark runs outboxd with: the defaults (the Kafka
-/// producer's queue bounded at 32 MiB / 10k records, `linger.ms=5`; the
+/// producer's queue bounded at 32 MiB / 20k records, `linger.ms=5`; the
 /// RabbitMQ sink's window of 1024 records), no admin server,
 /// and status updates every 10 ms instead of every second so that "the slot
 /// is acknowledged" is observed within 10 ms of outboxd deciding it (with the

@@ -35,14 +35,17 @@ pub const REQUIRED: &[(&str, &str)] = &[
 ///
 /// `kbytes` counts only values and keys; each queued record also costs
 /// librdkafka about 1 KB of bookkeeping and headers, so for small rows the
-/// record count is the real bound: 100,000 queued 300-byte records made
-/// outboxd 126 MiB with the broker down (and 62–137 MiB through a real broker
-/// slower than PostgreSQL), 10,000 keep it near 30 MiB. At 100,000 records/s
-/// 10,000 is 100 ms of buffering, plenty for a broker a few ms away; raise it
-/// for a distant broker, at about 1 KB of memory per record.
+/// record count is the real bound. Measured with 300-byte records (see the
+/// README's benchmark): with the broker down, 150,000 rows made outboxd
+/// 126 MiB at 100,000 queued records, 59 MiB at 30,000, 48 MiB at 20,000 and
+/// 32 MiB at 10,000; draining into a real broker (tansu on the same machine),
+/// 20,000 kept outboxd at 42 MiB and 88–118 % of `pg_recvlogical`'s rate,
+/// where 10,000 (30–38 MiB) fell to about 50 % for transactions of 100: the
+/// queue must cover the broker's round trip at full rate. Raise it for a
+/// distant broker, at about 1 KB of memory per record.
 pub const DEFAULTS: &[(&str, &str)] = &[
     ("queue.buffering.max.kbytes", "32768"),
-    ("queue.buffering.max.messages", "10000"),
+    ("queue.buffering.max.messages", "20000"),
     ("linger.ms", "5"),
 ];
 
