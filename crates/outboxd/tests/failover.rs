@@ -23,7 +23,7 @@ async fn after_a_failover_every_row_committed_on_the_new_primary_arrives() {
         "postgresql://postgres@127.0.0.1:{}/postgres",
         proxy.port()
     ));
-    let mut outboxd = env.spawn_streaming();
+    let outboxd = env.spawn_streaming();
 
     // The old primary goes on: timeline 1 only, delivered before the switch.
     let old_only = writer(env.pg.config("postgres", "postgres"), 1, 60, 1, 1, Duration::ZERO).await;
