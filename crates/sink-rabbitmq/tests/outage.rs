@@ -10,7 +10,7 @@ use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use outbox_core::{AckTracker, Lsn, Sink};
 use sink_rabbitmq::{declare_exchange, inspect_exchange, Bindings, ExchangeType, RabbitConfig};
-use testkit::rabbitmq::{read_queue, shared_url, unique_name, RabbitNode};
+use testkit::rabbitmq::{read_queue, shared_url, unique_name, AmqpMessage, RabbitNode};
 
 use crate::fixture::{record, sink, Topology};
 use crate::proxy::CutProxy;
@@ -34,6 +34,33 @@ fn order_violations(ids: &[(String, u64)]) -> usize {
 
 fn number(id: &str) -> u64 {
     id.trim_start_matches("id-").parse().unwrap()
+}
+
+/// Each message's (aggregate id, record number), in queue order.
+fn keyed(read: &[AmqpMessage]) -> Vec<(String, u64)> {
+    read.iter()
+        .map(|m| {
+            (
+                m.header("aggregateid").unwrap().to_owned(),
+                number(m.message_id.as_deref().unwrap()),
+            )
+        })
+        .collect()
+}
+
+/// Reads the queue a load test filled with `records` records through a
+/// window of `window`: (lost, per-key order violations, duplicates).
+async fn figures(url: &str, queue: &str, records: u64, window: usize) -> (usize, usize, usize) {
+    let read = read_queue(url, queue, records as usize + window, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let ids = keyed(&read);
+    let unique: HashSet<u64> = ids.iter().map(|(_, n)| *n).collect();
+    (
+        records as usize - unique.len(),
+        order_violations(&ids),
+        ids.len() - unique.len(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,27 +119,7 @@ async fn broker_outage_under_load_loses_nothing_and_keeps_per_key_order() {
     assert_eq!(tracker.confirmed(), Lsn::new(2000 + RECORDS - 1));
     assert!(sink.reconnects() >= 1, "the outage happened under the sink");
 
-    let read = read_queue(
-        &node.url(),
-        &topology.queue,
-        RECORDS as usize + WINDOW,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
-    let ids: Vec<(String, u64)> = read
-        .iter()
-        .map(|m| {
-            (
-                m.header("aggregateid").unwrap().to_owned(),
-                number(m.message_id.as_deref().unwrap()),
-            )
-        })
-        .collect();
-    let unique: HashSet<u64> = ids.iter().map(|(_, n)| *n).collect();
-    let lost = RECORDS as usize - unique.len();
-    let duplicates = ids.len() - unique.len();
-    let violations = order_violations(&ids);
+    let (lost, violations, duplicates) = figures(&node.url(), &topology.queue, RECORDS, WINDOW).await;
     println!("outage: lost {lost}, per-key order violations {violations}, duplicates {duplicates} (window {WINDOW}), reconnects {}", sink.reconnects());
     assert_eq!(lost, 0);
     assert_eq!(violations, 0);
@@ -175,27 +182,7 @@ async fn connection_cut_under_load_republishes_the_unconfirmed_in_order() {
     assert_eq!(tracker.confirmed(), Lsn::new(2000 + RECORDS - 1));
     assert!(sink.reconnects() >= 1);
 
-    let read = read_queue(
-        &topology.url,
-        &topology.queue,
-        RECORDS as usize + WINDOW,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
-    let ids: Vec<(String, u64)> = read
-        .iter()
-        .map(|m| {
-            (
-                m.header("aggregateid").unwrap().to_owned(),
-                number(m.message_id.as_deref().unwrap()),
-            )
-        })
-        .collect();
-    let unique: HashSet<u64> = ids.iter().map(|(_, n)| *n).collect();
-    let lost = RECORDS as usize - unique.len();
-    let duplicates = ids.len() - unique.len();
-    let violations = order_violations(&ids);
+    let (lost, violations, duplicates) = figures(&topology.url, &topology.queue, RECORDS, WINDOW).await;
     println!(
         "connection cut: lost {lost}, per-key order violations {violations}, duplicates {duplicates} (window {WINDOW}), reconnects {}",
         sink.reconnects()
@@ -277,15 +264,7 @@ async fn consistent_hash_exchange_spreads_aggregates_and_keeps_their_order() {
             .unwrap();
         total += read.len();
         used += usize::from(!read.is_empty());
-        let ids: Vec<(String, u64)> = read
-            .iter()
-            .map(|m| {
-                (
-                    m.header("aggregateid").unwrap().to_owned(),
-                    number(m.message_id.as_deref().unwrap()),
-                )
-            })
-            .collect();
+        let ids = keyed(&read);
         assert_eq!(order_violations(&ids), 0, "queue {queue}");
         for (key, _) in ids {
             assert_eq!(
